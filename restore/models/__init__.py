@@ -1,0 +1,2 @@
+"""Restorer architectures; importing this package registers each one with restore.registry."""
+from . import lipt  # noqa: F401

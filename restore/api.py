@@ -1,0 +1,80 @@
+"""The one entry point front ends use: load a restorer, restore pictures.
+
+    from restore.api import load_restorer
+    r = load_restorer("lipt", variant="tiny", scale=2)
+    out = r.restore_picture(read_image("photo.png"))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restore import registry
+from restore.weights import WeightsError, find_weights, load_state, read_manifest, weights_stem
+
+
+@dataclass
+class Restorer:
+    spec: registry.RestorerSpec
+    variant: str
+    scale: int
+    model: torch.nn.Module  # reparameterised, eval mode
+    engine: object  # restore.backends.Engine
+    weights_path: Path | None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return weights_stem(self.spec.name, self.variant, self.scale, self.spec.task)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.name
+
+    def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
+        """HxWx3 float32 [0,1] → (sH)x(sW)x3 float32 [0,1]."""
+        from restore.pipeline.run import restore_array
+
+        return restore_array(self, rgb, tile=tile, overlap=overlap)
+
+    def restore_picture(self, picture, *, tile: int | None = None, overlap: int | None = None):
+        from restore.pipeline.run import restore_picture
+
+        return restore_picture(self, picture, tile=tile, overlap=overlap)
+
+
+def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | None = None, *,
+                  backend: str = "auto", weights: str | Path | None = None, threads: int | None = None,
+                  allow_untrained: bool = False, engines_dir: str | Path | None = None) -> Restorer:
+    """Build the named restorer with its shipped weights on the chosen backend.
+
+    Raises ValueError / registry.UnknownRestorer / WeightsError with one-line messages.
+    `allow_untrained` runs a randomly initialised network (benchmarks and tests only).
+    """
+    spec = registry.get(name)
+    variant = spec.check_variant(variant)
+    scale = spec.check_scale(scale or spec.default_scale)
+    model = spec.build(variant, scale).eval()
+    model.reparameterize()
+    path = Path(weights) if weights else find_weights(spec.name, variant, scale, spec.task)
+    manifest: dict = {}
+    if path is not None:
+        state = load_state(path)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise WeightsError(f"{path}: does not fit {name}-{variant} x{scale} ({str(e).splitlines()[0]})") from None
+        manifest = read_manifest(path)
+    elif not allow_untrained:
+        stem = weights_stem(spec.name, variant, scale, spec.task)
+        raise WeightsError(f"no trained weights for {stem} (train them with "
+                           f"`restore train --model {name} --variant {variant} --scale {scale} --data PHOTOS`)")
+    from restore.backends import make_engine
+
+    sha = manifest.get("sha256") or ("untrained" if path is None else path.name)
+    engine = make_engine(model, backend, name=spec.name, variant=variant, scale=scale,
+                         weights_sha256=sha, threads=threads, engines_dir=engines_dir)
+    return Restorer(spec, variant, scale, model, engine, path, manifest)

@@ -1,0 +1,48 @@
+"""On-disk cache of exported ONNX graphs, keyed by everything that changes the graph."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+# Bump when export.py changes the graphs it writes, so stale cached files are not reused.
+CACHE_FORMAT = 1
+
+
+def engines_root(root=None) -> Path:
+    """Explicit `root` > $RESTORE_ENGINES > ./engines."""
+    return Path(root if root is not None else os.environ.get("RESTORE_ENGINES") or "engines")
+
+
+def onnx_cache_path(model_name: str, variant: str, scale: int, weights_sha256: str, opset: int = 18,
+                    root=None) -> Path:
+    import torch  # exporter version is part of the key: a new torch may emit a different graph
+
+    key = json.dumps({"model": model_name, "variant": variant, "scale": int(scale), "weights": weights_sha256,
+                      "opset": int(opset), "torch": torch.__version__, "format": CACHE_FORMAT}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_name}-{variant}-x{int(scale)}")
+    return engines_root(root) / f"{stem}-{digest}.onnx"
+
+
+def _is_valid(path: Path) -> bool:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: also parses the file, so garbage fails here
+        return True
+    except Exception:  # noqa: BLE001 - any damage means "export again"
+        return False
+
+
+def get_or_export_onnx(model, *, model_name: str, variant: str, scale: int, weights_sha256: str,
+                       opset: int = 18, root=None, example_hw: tuple[int, int] = (64, 64)) -> Path:
+    """Path of a valid cached graph for this model, exporting it first if missing or damaged."""
+    path = onnx_cache_path(model_name, variant, scale, weights_sha256, opset, root)
+    if path.is_file() and _is_valid(path):
+        return path
+    from .export import export_onnx
+
+    return export_onnx(model, path, opset=opset, example_hw=example_hw)

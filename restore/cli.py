@@ -1,0 +1,388 @@
+"""`restore`: restore photos and folders from the command line.
+
+Quiet by default (a progress bar on a terminal, nothing else), `-v` for per-file lines,
+`--json` for a machine-readable summary. Errors are one line each; a batch keeps going past
+bad files and exits non-zero at the end if any file failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+RUN_EPILOG = """\
+examples:
+  restore run photo.jpg -o out/                 # LIPT-Tiny x2, writes out/photo.png
+  restore run shots/ -o big/ --scale 4          # a whole folder (recursive), x4
+  restore run shots/ -o big/ --skip-existing    # resume an interrupted batch
+  restore run a.png --backend torch --tile 128 -v
+
+Outputs are new files: PNG by default (16-bit sources stay 16-bit, alpha is kept and resized
+on its own), written atomically; inputs are never modified and existing outputs are never
+overwritten.
+"""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_model_args(p: argparse.ArgumentParser, scale_default: int | None = None) -> None:
+    p.add_argument("--model", default="lipt", help="restorer (see `restore models`; default: lipt)")
+    p.add_argument("--variant", help="model variant, e.g. tiny or small (default: the restorer's default)")
+    p.add_argument("--scale", type=int, default=scale_default, help="upscaling factor for SR restorers (default: 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restore",
+        description="Real-time image restoration: super-resolution and more, on ONNX Runtime or PyTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `restore COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="say more (repeat for tracebacks)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="restore image files and folders",
+                       description="Restore images (files or folders, searched recursively) into a new folder.",
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if missing)")
+    _add_model_args(p)
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="inference engine (default: auto = ONNX Runtime on CPU)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size in input pixels for large images (default: the restorer's; 0 = no tiling)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default: the restorer's)")
+    p.add_argument("--format", default="png", choices=["png", "tif", "webp", "jpg", "same"],
+                   help="output format (default: png; 'same' keeps the input's)")
+    p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    p.add_argument("--dry-run", action="store_true", help="list what would be written, do nothing")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per file")
+
+    p = sub.add_parser("eval", help="PSNR/SSIM of a restorer against bicubic on a folder of HR images",
+                       description="Evaluate SR quality with the standard protocol: HR cropped to a multiple of "
+                                   "the scale, LR by MATLAB bicubic (antialiased), PSNR/SSIM on Y (BT.601) with "
+                                   "a border of `scale` pixels cropped. Bicubic upscaling is reported beside it.")
+    p.add_argument("folders", nargs="+", metavar="DIR", help="folders of HR images (e.g. Set5)")
+    _add_model_args(p)
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
+    p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
+    p.add_argument("--tile", type=int, default=0, help="tile size (default: 0 = whole image)")
+    p.add_argument("--record", action="store_true", help="store the mean scores in the weights' manifest")
+    p.add_argument("--json", action="store_true", help="print per-image and mean scores as JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per image")
+
+    p = sub.add_parser("export", help="export a restorer to ONNX (dynamic H/W)",
+                       description="Export the reparameterised network to ONNX with dynamic batch, height and "
+                                   "width. Without -o the file goes to the engine cache (engines/).")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", help="where to write the .onnx file (must not exist)")
+    p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
+    p.add_argument("--opset", type=int, default=18)
+
+    p = sub.add_parser("models", help="list restorers, variants and the weights present",
+                       description="List registered restorers, their variants and scales, and the shipped "
+                                   "weights with their scores.")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("train", help="train a restorer on a folder of photos (see `restore train --help`)",
+                   add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------- run
+
+def _collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """(file, path relative to its root) pairs for every image, and (path, reason) for bad inputs."""
+    from restore.io.images import is_image_path
+
+    found, bad = [], []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            if not files:
+                bad.append((raw, "no image files in this folder"))
+            found += [(f, f.relative_to(path)) for f in files]
+        elif path.exists():
+            found.append((path, Path(path.name)))
+        else:
+            bad.append((raw, "no such file or folder"))
+    return found, bad
+
+
+def _output_path(outdir: Path, rel: Path, fmt: str) -> Path:
+    suffix = rel.suffix.lower() if fmt == "same" else "." + fmt
+    return outdir / rel.with_suffix(suffix)
+
+
+def cmd_run(args) -> int:
+    from restore.io.images import ImageError, read_image, write_image
+
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise CliError(f"{outdir}: output exists and is not a folder")
+    jobs, failures = _collect_inputs(args.inputs)
+    for path, reason in failures:
+        _err(f"{path}: {reason}")
+    if not jobs and failures:
+        return _finish_run(args, [], failures, 0, 0.0)
+    plan = [(src, _output_path(outdir, rel, args.format)) for src, rel in jobs]
+    seen: dict[Path, Path] = {}
+    for src, dst in plan:  # two inputs mapping to one output would overwrite each other
+        if dst in seen:
+            raise CliError(f"{src} and {seen[dst]} would both be written to {dst}; restore them separately")
+        seen[dst] = src
+    if args.dry_run:
+        for src, dst in plan:
+            print(f"{src} -> {dst}")
+        return EXIT_OK
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{outdir}: cannot create output folder ({e.strerror or e})") from None
+    if not os.access(outdir, os.W_OK):
+        raise CliError(f"{outdir}: output folder is not writable")
+
+    restorer = _load(args)
+    done, skipped, results, start = 0, 0, [], time.time()
+    bar = _progress(len(plan), args)
+    for src, dst in plan:
+        record = {"input": str(src), "output": str(dst)}
+        try:
+            if dst.exists():
+                if args.skip_existing:
+                    skipped += 1
+                    record["status"] = "skipped"
+                    results.append(record)
+                    continue
+                raise ImageError(dst, "exists; refusing to overwrite (use --skip-existing or another -o)")
+            t0 = time.time()
+            picture = read_image(src)
+            restored = restorer.restore_picture(picture, tile=args.tile, overlap=args.overlap)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(dst, restored)
+            record.update(status="ok", seconds=round(time.time() - t0, 3),
+                          size=[restored.rgb.shape[1], restored.rgb.shape[0]])
+            done += 1
+            results.append(record)
+            if args.verbose:
+                _note(bar, f"{src} -> {dst} ({record['seconds']:.2f} s)")
+        except (ImageError, OSError, ValueError) as e:
+            reason = str(e) if isinstance(e, ImageError) else f"{src}: {e}"
+            failures.append((str(src), reason.split(": ", 1)[-1] if reason.startswith(str(src)) else reason))
+            record.update(status="failed", error=str(e))
+            results.append(record)
+            _note(bar, f"error: {reason}", error=True)
+        finally:
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    args._restorer = restorer
+    return _finish_run(args, results, failures, done, time.time() - start, skipped)
+
+
+def _finish_run(args, results, failures, done, seconds, skipped=0) -> int:
+    if args.json:
+        restorer = getattr(args, "_restorer", None)
+        print(json.dumps({
+            "restorer": restorer.stem if restorer else None,
+            "backend": restorer.backend if restorer else None,
+            "written": done, "skipped": skipped, "failed": len(failures), "seconds": round(seconds, 3),
+            "files": results,
+            "errors": [{"input": p, "reason": r} for p, r in failures]}, indent=2))
+    elif failures or args.verbose:
+        summary = f"{done} written, {skipped} skipped, {len(failures)} failed in {seconds:.1f} s"
+        print(summary, file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _progress(total: int, args):
+    if args.json or not sys.stderr.isatty() or total < 1:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, leave=False)
+
+
+def _note(bar, message: str, error: bool = False) -> None:
+    if bar is not None:
+        bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr if error else sys.stdout)
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _load(args):
+    from restore.api import load_restorer
+
+    return load_restorer(args.model, args.variant, args.scale, backend=getattr(args, "backend", "auto"),
+                         weights=args.weights, threads=getattr(args, "threads", None))
+
+
+# ----------------------------------------------------------------------------------------- eval
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from restore.io.images import ImageError, is_image_path, read_image
+    from restore.metrics import crop_to_multiple, psnr, ssim
+    from restore.resize import imresize
+    from restore.weights import read_manifest, write_manifest
+
+    restorer = _load(args)
+    if restorer.spec.task != "sr":
+        raise CliError(f"{args.model}: `restore eval` measures SR restorers; {restorer.spec.task} is not SR yet")
+    s = restorer.scale
+    to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    report, status = {}, EXIT_OK
+    for folder in args.folders:
+        root = Path(folder)
+        if not root.is_dir():
+            _err(f"{folder}: not a folder")
+            status = EXIT_SOME_FAILED
+            continue
+        rows = []
+        for path in sorted(p for p in root.iterdir() if is_image_path(p)):
+            try:
+                pic = read_image(path)
+            except ImageError as e:
+                _err(str(e))
+                status = EXIT_SOME_FAILED
+                continue
+            hr8 = crop_to_multiple(to8(pic.rgb), s)
+            lr8 = imresize(hr8, 1.0 / s)
+            sr8 = to8(restorer.restore_rgb(lr8.astype(np.float32) / 255, tile=args.tile))
+            bic8 = imresize(lr8, float(s))
+            hr, sr, bic = (x.astype(np.float64) / 255 for x in (hr8, sr8, bic8))
+            row = {"image": path.name,
+                   "psnr": round(psnr(sr, hr, border=s, y_channel=True), 4),
+                   "ssim": round(ssim(sr, hr, border=s, y_channel=True), 5),
+                   "bicubic_psnr": round(psnr(bic, hr, border=s, y_channel=True), 4),
+                   "bicubic_ssim": round(ssim(bic, hr, border=s, y_channel=True), 5)}
+            rows.append(row)
+            if args.verbose:
+                print(f"  {path.name:24s} {row['psnr']:7.3f} dB  {row['ssim']:.4f}  (bicubic {row['bicubic_psnr']:.3f})")
+        if not rows:
+            continue
+        mean = {k: round(float(np.mean([r[k] for r in rows])), 4 if "psnr" in k else 5)
+                for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+        report[root.name] = {"images": len(rows), **mean, "per_image": rows}
+        if not args.json:
+            print(f"{root.name:8s} {restorer.stem} x{s}: PSNR {mean['psnr']:.2f} dB SSIM {mean['ssim']:.4f}   "
+                  f"bicubic {mean['bicubic_psnr']:.2f} dB {mean['bicubic_ssim']:.4f}   ({len(rows)} images, Y, border {s})")
+    if args.record and report:
+        if restorer.weights_path is None:
+            raise CliError("--record needs shipped weights or --weights")
+        manifest = read_manifest(restorer.weights_path)
+        scores = manifest.setdefault("scores", {})
+        for name, r in report.items():
+            scores[name] = {k: r[k] for k in ("images", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+            scores[name]["protocol"] = f"Y (BT.601), border {s}, MATLAB bicubic LR, uint8 I/O"
+        write_manifest(restorer.weights_path, manifest)
+    if args.json:
+        print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend, "sets": report}, indent=2))
+    return status
+
+
+# ------------------------------------------------------------------------------- export, models
+
+def cmd_export(args) -> int:
+    from restore.api import load_restorer
+    from restore.backends.cache import get_or_export_onnx
+    from restore.backends.export import export_onnx
+
+    restorer = load_restorer(args.model, args.variant, args.scale, backend="torch", weights=args.weights)
+    if args.output:
+        out = Path(args.output)
+        if out.exists():
+            raise CliError(f"{out}: exists; refusing to overwrite")
+        path = export_onnx(restorer.model, out, opset=args.opset)
+    else:
+        path = get_or_export_onnx(restorer.model, name=restorer.spec.name, variant=restorer.variant,
+                                  scale=restorer.scale, weights_sha256=restorer.manifest.get("sha256", "untrained"),
+                                  opset=args.opset)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from restore import registry
+    from restore.weights import list_weights
+
+    weights = list_weights()
+    out = []
+    for spec in registry.all_specs():
+        mine = [(p, m) for p, m in weights if m.get("restorer") == spec.name]
+        out.append({"name": spec.name, "task": spec.task, "summary": spec.summary, "paper": spec.paper,
+                    "variants": list(spec.variants), "scales": list(spec.scales), "extras": list(spec.extras),
+                    "weights": [{"file": p.name, "variant": m.get("variant"), "scale": m.get("scale"),
+                                 "parameters": m.get("parameters"), "scores": m.get("scores", {})} for p, m in mine]})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    for r in out:
+        scales = ", ".join(f"x{s}" for s in r["scales"])
+        print(f"{r['name']:8s} {r['task']:5s} {r['summary']}")
+        print(f"         variants: {', '.join(r['variants'])}   scales: {scales}")
+        print(f"         paper: {r['paper']}")
+        for w in r["weights"] or [{"file": None}]:
+            if w["file"] is None:
+                print("         weights: none shipped")
+                continue
+            scores = "  ".join(f"{k} {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
+                               for k, v in w["scores"].items() if "psnr" in v)
+            print(f"         weights: {w['file']}  {w['parameters'] / 1e6:.3f} M params  {scores}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from restore.train.loop import main as train_main
+
+        return train_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from restore.registry import UnknownRestorer
+    from restore.weights import WeightsError
+
+    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "models": cmd_models}
+    try:
+        return handlers[args.command](args)
+    except (CliError, UnknownRestorer, WeightsError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:  # e.g. `restore models | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:  # a bug: still one line, the traceback only on request
+        if args.verbose >= 2:
+            raise
+        _err(f"unexpected {type(e).__name__}: {e} (run with -vv for the traceback)")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""LIPT: Latency-aware Image Processing Transformer (Qiao et al., IEEE TIP 2025) for super-resolution.
+
+A re-implementation from the paper and the official code's structure (methods.md §2):
+
+    x ─ sub_mean ─ head(3x3) ─┬─ LIPTB × n ─(+)─ tail(3x3 → PixelShuffle) ─ add_mean
+                              └──────────────┘
+
+Each LIPT block (LIPTB) runs 1 + n_share sub-blocks of  HRM_a → HRM_c → NVSM-SA → HRM_b  (all
+residual). The attention maps are computed once, in sub-block 0, and reused by the shared
+sub-blocks on fresh values: that keeps the memory-bound attention a small share of the latency.
+HRMs are conv3x3 → ReLU → conv3x3 built from six-branch re-parameterisable convs that fold into
+single 3x3 convs for inference (`reparameterize()`), together with the BatchNorm after NVSM-SA's
+input projection.
+
+Module names follow the official checkpoints so their state dicts load (see `load_official`).
+The model takes RGB in [0, 1] and returns RGB in [0, 1] (unclipped); internally it works on
+[0, rgb_range] like the original so that official weights and MeanShift constants apply as is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks.dbb import RepConv3x3, fold_conv_bn
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+# The sparse half of NVSM-SA keeps these positions of every 2w-long stretch on each axis
+# (the official fixed masks for w = 8 and w = 16): even offsets in the first w, odd in the second.
+SPARSE_MASKS = {
+    8: (1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1),
+    16: (1, 0) * 8 + (0, 1) * 8,
+}
+
+
+@dataclass(frozen=True)
+class LIPTConfig:
+    channels: int = 28  # c_elan
+    n_layers: int = 8  # m_elan: LIPT blocks = n_layers // (1 + n_share)
+    n_share: int = 1  # sub-blocks reusing the first one's attention
+    expand: int = 1  # r_expand: HRM hidden width = channels * expand
+    window: int = 8
+    scale: int = 2
+    rgb_range: float = 255.0
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_layers // (1 + self.n_share)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Variants as in the paper's table (figs/light.png). The released tinyx2.yml uses 24 channels,
+# which gives 0.265 M parameters; 28 channels gives the table's 0.36 M, so Tiny uses 28.
+VARIANTS = {
+    "tiny": dict(channels=28, n_layers=8, n_share=1, expand=1, window=8),
+    "small": dict(channels=64, n_layers=10, n_share=1, expand=1, window=8),
+}
+
+
+def make_config(variant: str = "tiny", scale: int = 2, **overrides) -> LIPTConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown LIPT variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    return LIPTConfig(**{**VARIANTS[variant], "scale": scale, **overrides})
+
+
+class MeanShift(nn.Conv2d):
+    """Fixed 1x1 conv that subtracts (sign=-1) or adds (sign=+1) the dataset mean."""
+
+    def __init__(self, rgb_range: float, sign: int):
+        super().__init__(3, 3, kernel_size=1)
+        self.weight.data = torch.eye(3).view(3, 3, 1, 1)
+        self.bias.data = sign * rgb_range * torch.tensor(DIV2K_MEAN)
+        self.requires_grad_(False)
+
+
+class HRM(nn.Module):
+    """conv3x3 → ReLU → conv3x3; the convs are six-branch RepConv3x3 until reparameterised."""
+
+    def __init__(self, channels: int, expand: int):
+        super().__init__()
+        self.conv0 = RepConv3x3(channels, channels * expand)
+        self.conv1 = RepConv3x3(channels * expand, channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(self.act(self.conv0(x)))
+
+    def reparameterize(self) -> None:
+        if isinstance(self.conv0, RepConv3x3):
+            self.conv0, self.conv1 = self.conv0.fold(), self.conv1.fold()
+
+
+def to_windows(x: torch.Tensor, w: int) -> torch.Tensor:
+    """(B, C, H, W) → (B·H/w·W/w, w·w, C): one row of tokens per w×w window."""
+    b, c, h, wd = x.shape
+    x = x.reshape(b, c, h // w, w, wd // w, w)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, w * w, c)
+
+
+def from_windows(t: torch.Tensor, b: int, h: int, wd: int, w: int) -> torch.Tensor:
+    """Inverse of `to_windows`."""
+    c = t.shape[-1]
+    t = t.reshape(b, h // w, wd // w, w, w, c)
+    return t.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, wd)
+
+
+def sparse_index(length: int, w: int, device: torch.device) -> torch.Tensor:
+    """Source rows (or columns) of the sparse 2w×2w windows, re-tiled into w×w windows.
+
+    The official code pads the map circularly by w at the bottom/right, cuts 2w-wide windows
+    with stride w and keeps the masked positions; position k of the re-tiled map therefore reads
+    (k // w)·w + keep[k % w] of the padded map, i.e. that index modulo `length`.
+    """
+    keep = torch.tensor([i for i, m in enumerate(SPARSE_MASKS[w]) if m], device=device)
+    k = torch.arange(length, device=device)
+    idx = (k // w) * w + keep[k % w]
+    # idx < length + w <= 2·length, so one subtraction wraps it; `% length` with a symbolic
+    # length does not export to ONNX.
+    return torch.where(idx >= length, idx - length, idx)
+
+
+class NVSMSA(nn.Module):
+    """Non-volatile sparse-mask self-attention (ELAN-style: Q doubles as K, no 1/sqrt(d) scale).
+
+    Half the channels attend inside dense w×w windows, the other half inside a sparse sample of
+    2w×2w windows. With calc_attn=False the module only projects values and reuses the attention
+    maps it is given.
+    """
+
+    def __init__(self, channels: int, window: int, shifted: bool, calc_attn: bool):
+        super().__init__()
+        self.channels, self.window, self.shifted, self.calc_attn = channels, window, shifted, calc_attn
+        out = channels * 2 if calc_attn else channels
+        self.project_inp = nn.Sequential(nn.Conv2d(channels, out, 1), nn.BatchNorm2d(out))
+        self.project_out = nn.Conv2d(channels, channels, 1)
+
+    def reparameterize(self) -> None:
+        if isinstance(self.project_inp, nn.Sequential):
+            self.project_inp = fold_conv_bn(self.project_inp)
+
+    def forward(self, x: torch.Tensor, attns: list[torch.Tensor] | None = None):
+        b, _, h, wd = x.shape
+        w = self.window
+        halves = torch.chunk(self.project_inp(x), 2, dim=1)
+        outs, new_attns = [], []
+        for idx, part in enumerate(halves):
+            if self.shifted:
+                part = torch.roll(part, shifts=(-w // 2, -w // 2), dims=(2, 3))
+            if attns is None:
+                if idx == 1:  # sparse half: gather the dilated 2w×2w samples into w×w windows
+                    part = part.index_select(2, sparse_index(h, w, part.device))
+                    part = part.index_select(3, sparse_index(wd, w, part.device))
+                tokens = to_windows(part, w)
+                q, v = torch.chunk(tokens, 2, dim=-1)
+                attn = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
+                new_attns.append(attn)
+            else:
+                # Shared sub-block: values are taken in plain w×w windows (as in the official
+                # code), attention comes from the first sub-block.
+                attn, v = attns[idx], to_windows(part, w)
+            y = from_windows(attn @ v, b, h, wd, w)
+            if self.shifted:
+                y = torch.roll(y, shifts=(w // 2, w // 2), dims=(2, 3))
+            outs.append(y)
+        return self.project_out(torch.cat(outs, dim=1)), (new_attns if attns is None else attns)
+
+
+class LIPTB(nn.Module):
+    """One LIPT block: 1 + n_share sub-blocks sharing the first sub-block's attention maps."""
+
+    def __init__(self, channels: int, expand: int, window: int, shifted: bool, n_share: int):
+        super().__init__()
+        n = 1 + n_share
+        self.n_sub = n
+        self.modules_hrm_a = nn.ModuleDict({f"lcs_a_{i}": HRM(channels, expand) for i in range(n)})
+        self.modules_hrm_c = nn.ModuleDict({f"lcs_c_{i}": HRM(channels, expand) for i in range(n)})
+        self.modules_nvsm_sa = nn.ModuleDict(
+            {f"smmsa_{i}": NVSMSA(channels, window, shifted, calc_attn=(i == 0)) for i in range(n)})
+        self.modules_hrm_b = nn.ModuleDict({f"lcs_b_{i}": HRM(channels, expand) for i in range(n)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attns = None
+        for i in range(self.n_sub):
+            x = self.modules_hrm_a[f"lcs_a_{i}"](x) + x
+            x = self.modules_hrm_c[f"lcs_c_{i}"](x) + x
+            y, attns = self.modules_nvsm_sa[f"smmsa_{i}"](x, attns)
+            x = y + x
+            x = self.modules_hrm_b[f"lcs_b_{i}"](x) + x
+        return x
+
+
+class LIPT(nn.Module):
+    """LIPT super-resolution network. Input/output: (N, 3, H, W) RGB in [0, 1]."""
+
+    def __init__(self, config: LIPTConfig):
+        super().__init__()
+        self.config = config
+        self.scale = config.scale
+        self.size_multiple = config.window
+        c = config.channels
+        self.sub_mean = MeanShift(config.rgb_range, sign=-1)
+        self.add_mean = MeanShift(config.rgb_range, sign=+1)
+        self.head = nn.Sequential(nn.Conv2d(3, c, 3, padding=1))
+        self.body = nn.Sequential(*[
+            LIPTB(c, config.expand, config.window, shifted=(i % 2 == 1), n_share=config.n_share)
+            for i in range(config.n_blocks)])
+        tail = [nn.Conv2d(c, 3 * config.scale ** 2, 3, padding=1)]
+        if config.scale > 1:
+            tail.append(nn.PixelShuffle(config.scale))
+        self.tail = nn.Sequential(*tail)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        # Reflect-pad to the window multiple (as the original does) and crop the output back.
+        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        x = self.sub_mean(x * self.config.rgb_range)
+        x = self.head(x)
+        x = self.tail(self.body(x) + x)
+        x = self.add_mean(x) / self.config.rgb_range
+        return x[:, :, : h * self.scale, : w * self.scale]
+
+    @torch.no_grad()
+    def reparameterize(self) -> "LIPT":
+        """Fold every training-time branch and BatchNorm into plain convs (in place)."""
+        self.eval()
+        for module in list(self.modules()):
+            if isinstance(module, (HRM, NVSMSA)):
+                module.reparameterize()
+        return self
+
+    @torch.no_grad()
+    def init_plain(self) -> "LIPT":
+        """Initialise a reparameterised model for training the folded graph directly.
+
+        Without the multi-branch BatchNorms, ~50 residual branches at default init blow the
+        activations up (the [0, 255] working range makes it worse). Zeroing the last layer of
+        every residual branch makes each block start as the identity (SkipInit-style).
+        """
+        for m in self.modules():
+            if isinstance(m, HRM):
+                nn.init.kaiming_normal_(m.conv0.weight, nonlinearity="relu")
+                nn.init.zeros_(m.conv0.bias)
+                nn.init.zeros_(m.conv1.weight)
+                nn.init.zeros_(m.conv1.bias)
+            elif isinstance(m, NVSMSA):
+                nn.init.zeros_(m.project_out.weight)
+                nn.init.zeros_(m.project_out.bias)
+        return self
+
+    @property
+    def is_reparameterized(self) -> bool:
+        return not any(isinstance(m, RepConv3x3) for m in self.modules())
+
+
+def build(variant: str = "tiny", scale: int = 2, deploy: bool = False, **overrides) -> LIPT:
+    model = LIPT(make_config(variant, scale, **overrides))
+    return model.reparameterize() if deploy else model
+
+
+def load_official(state: dict, config: LIPTConfig) -> LIPT:
+    """Load an official LIPT *training* checkpoint and return the reparameterised model.
+
+    Accepts the whole checkpoint dict ({'model_state_dict': ...}) or a bare state dict, with
+    or without the `module.` prefix that nn.DataParallel adds.
+    """
+    if "model_state_dict" in state:
+        state = state["model_state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = LIPT(config)
+    model.load_state_dict(state, strict=True)
+    return model.reparameterize()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gflops(config: LIPTConfig, height: int, width: int) -> float:
+    """Multiply-adds ×2 of the deploy graph for an LR input of height×width (convs + attention)."""
+    c, e, w = config.channels, config.expand, config.window
+    hp, wp = math.ceil(height / w) * w, math.ceil(width / w) * w
+    px = hp * wp
+    per_px = 2 * 9 * c * c * e * 3 * 2  # three HRMs (two convs each) per sub-block
+    flops = 0.0
+    for i in range(config.n_blocks):
+        for s in range(1 + config.n_share):
+            flops += per_px * px
+            inp = 2 * c if s == 0 else c
+            flops += 2 * (c * inp + c * c) * px  # 1x1 projections
+            # attention: q·qᵀ (only when computed) and attn·v on w·w tokens per window
+            tokens = w * w
+            if s == 0:
+                flops += 2 * 2 * tokens * (c / 2) * px
+            flops += 2 * 2 * tokens * (c / 2) * px
+    flops += 2 * 9 * 3 * c * px + 2 * 9 * c * 3 * config.scale ** 2 * px  # head, tail
+    return flops / 1e9
+
+
+def _register() -> None:
+    from restore.registry import RestorerSpec, register
+
+    register(RestorerSpec(
+        name="lipt",
+        task="sr",
+        summary="Latency-aware image processing transformer for super-resolution",
+        paper="Qiao et al., LIPT: Latency-aware Image Processing Transformer, IEEE TIP 34, 2025 (arXiv 2404.06075)",
+        build=build,
+        variants=tuple(VARIANTS),
+        default_variant="tiny",
+        scales=(2, 3, 4),
+        default_scale=2,
+        size_multiple=8,
+        min_size=8,  # reflect padding to the window multiple needs at least 8 pixels
+        tile_safe=True,
+        tile=512,  # tiles bound memory; larger tiles waste less on overlaps
+        overlap=24,
+        precisions=("fp32", "fp16"),
+        train_defaults=dict(patch=64, batch=8, lr=5e-4, steps=20000),
+    ))
+
+
+_register()

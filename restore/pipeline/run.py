@@ -1,0 +1,39 @@
+"""read → engine (tiled, blended) → write, for one picture at a time.
+
+Colour goes through the network; alpha is resized on its own (bicubic, clipped), never fed to
+the network; grayscale sources go through as RGB and come back as gray.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from restore.io.images import Picture
+from restore.pipeline.tiling import run_tiled
+from restore.resize import imresize
+
+
+def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
+    """HxWx3 float32 in [0,1] → restored HxWx3 (times the scale), clipped to [0,1]."""
+    spec, s = restorer.spec, restorer.scale
+    h, w = rgb.shape[:2]
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    # Networks have a smallest input (reflect padding to the window); edge-pad tiny images.
+    ph, pw = max(0, spec.min_size - h), max(0, spec.min_size - w)
+    if ph or pw:
+        chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="edge")
+    tile = spec.tile if tile is None else (tile or None)  # tile=0 means "never tile"
+    if tile is not None:
+        tile = max(tile, spec.min_size)
+    overlap = spec.overlap if overlap is None else overlap
+    out = run_tiled(restorer.engine, chw, scale=s, tile=tile, overlap=overlap)
+    out = out[:, : h * s, : w * s]
+    return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
+
+
+def restore_picture(restorer, picture: Picture, *, tile: int | None = None, overlap: int | None = None) -> Picture:
+    rgb = restore_array(restorer, picture.rgb, tile=tile, overlap=overlap)
+    alpha = picture.alpha
+    if alpha is not None and restorer.scale != 1:
+        alpha = np.clip(imresize(alpha.astype(np.float32), size=rgb.shape[:2]), 0.0, 1.0)
+    return Picture(rgb=rgb, alpha=alpha, bit_depth=picture.bit_depth, gray=picture.gray,
+                   icc_profile=picture.icc_profile, exif=picture.exif, source=picture.source)

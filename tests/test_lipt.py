@@ -1,0 +1,183 @@
+"""LIPT: structure, parameter counts, reparameterisation and official checkpoint loading."""
+import copy
+
+import pytest
+import torch
+
+from restore.models import lipt
+from restore.models.blocks.dbb import RepConv3x3
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BN non-trivial statistics so that folding them is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+        if m.__class__.__name__ == "IdentityInitConv1x1":
+            m.weight.data.normal_(0, 0.05, generator=g)
+
+
+def deploy_params(variant: str, scale: int) -> int:
+    return lipt.count_parameters(lipt.build(variant, scale, deploy=True))
+
+
+@pytest.mark.parametrize("variant,scale,expected", [
+    ("small", 2, 2_328_420),  # paper table: 2.33 M
+    ("tiny", 2, 360_116),  # paper table: 0.36 M
+    ("tiny", 4, 369_224),
+])
+def test_parameter_counts_match_paper_table(variant, scale, expected):
+    assert deploy_params(variant, scale) == expected
+
+
+def test_rep_conv_folds_exactly_in_float64():
+    torch.manual_seed(0)
+    block = RepConv3x3(6, 10).double()
+    randomise_batchnorm(block)
+    block.eval()
+    x = torch.randn(2, 6, 9, 13, dtype=torch.float64)
+    with torch.no_grad():
+        diff = (block(x) - block.fold()(x)).abs().max().item()
+    assert diff < 1e-10
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_reparameterised_model_equals_training_graph(scale):
+    torch.manual_seed(1)
+    model = lipt.build("tiny", scale)
+    randomise_batchnorm(model)
+    # Keep the random network's output in image range so the 1e-4 bound is meaningful.
+    model.tail[0].weight.data.mul_(1e-3)
+    model.tail[0].bias.data.zero_()
+    model.eval()
+    x = torch.rand(1, 3, 27, 35)  # not a multiple of the window: exercises pad + crop
+    with torch.no_grad():
+        before = model(x)
+        folded = copy.deepcopy(model).reparameterize()
+        after = folded(x)
+    assert before.shape == (1, 3, 27 * scale, 35 * scale)
+    assert folded.is_reparameterized and not model.is_reparameterized
+    assert (before - after).abs().max().item() < 1e-4
+    assert before.abs().max().item() > 0.1  # the comparison is not between two near-zero tensors
+
+
+def test_fold_is_exact_in_float64_for_the_whole_network():
+    torch.manual_seed(2)
+    model = lipt.build("tiny", 2).double()
+    randomise_batchnorm(model)
+    model.eval()
+    x = torch.rand(1, 3, 16, 24, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.reparameterize()(x)
+    assert ((before - after).abs().max() / before.abs().max()).item() < 1e-10
+
+
+def test_sparse_index_matches_official_unfold_and_mask():
+    """The gather equals: circular pad by w, unfold 2w windows with stride w, keep the mask."""
+    w, n = 8, 32
+    mask = torch.tensor(lipt.SPARSE_MASKS[w], dtype=torch.bool)
+    line = torch.arange(n)
+    padded = torch.cat([line, line[:w]])  # circular pad at the end
+    windows = padded.unfold(0, 2 * w, w)  # (n / w, 2w)
+    expected = windows[:, mask].reshape(-1)
+    assert torch.equal(lipt.sparse_index(n, w, torch.device("cpu")), expected)
+    assert lipt.SPARSE_MASKS[8] == (1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1)
+    assert len(lipt.SPARSE_MASKS[16]) == 32 and sum(lipt.SPARSE_MASKS[16]) == 16
+
+
+def test_attention_is_computed_once_per_block_and_reused():
+    block = lipt.LIPTB(8, 1, 8, shifted=True, n_share=1).eval()
+    first, shared = block.modules_nvsm_sa["smmsa_0"], block.modules_nvsm_sa["smmsa_1"]
+    assert first.calc_attn and not shared.calc_attn
+    # the shared sub-block only projects values: C -> C instead of C -> 2C
+    assert first.project_inp[0].out_channels == 16 and shared.project_inp[0].out_channels == 8
+    seen = []
+    shared.register_forward_hook(lambda m, inp, out: seen.append((inp[1], out[1])))
+    with torch.no_grad():
+        block(torch.rand(1, 8, 16, 16))
+    given, returned = seen[0]
+    assert given is not None and all(a is b for a, b in zip(given, returned))
+
+
+def test_alternate_blocks_are_shifted():
+    model = lipt.build("tiny", 2)
+    shifts = [blk.modules_nvsm_sa["smmsa_0"].shifted for blk in model.body]
+    assert shifts == [False, True, False, True]
+
+
+def test_attention_uses_q_as_k_without_scaling():
+    torch.manual_seed(3)
+    sa = lipt.NVSMSA(4, 8, shifted=False, calc_attn=True).eval()
+    x = torch.rand(1, 4, 8, 8)
+    with torch.no_grad():
+        _, attns = sa(x)
+        proj = sa.project_inp(x)
+        dense = proj[:, :4]  # first half: q (2 ch) then v (2 ch), one 8x8 window
+        q = dense[:, :2].reshape(2, 64).T
+        expected = torch.softmax(q @ q.T, dim=-1)
+    assert torch.allclose(attns[0][0], expected, atol=1e-6)
+
+
+def official_state_dict(model: lipt.LIPT) -> dict:
+    """What the official trainer saves: DataParallel keys under 'model_state_dict'."""
+    return {"model_state_dict": {f"module.{k}": v.clone() for k, v in model.state_dict().items()},
+            "epoch": 1}
+
+
+def test_official_training_checkpoint_loads_and_converts():
+    torch.manual_seed(4)
+    trained = lipt.build("tiny", 2)
+    randomise_batchnorm(trained)
+    trained.tail[0].weight.data.mul_(1e-3)
+    ckpt = official_state_dict(trained)
+    keys = ckpt["model_state_dict"]
+    # key names as in the official repository (methods.md §2)
+    for key in [
+        "module.head.0.weight", "module.tail.0.bias", "module.sub_mean.weight", "module.add_mean.bias",
+        "module.body.0.modules_hrm_a.lcs_a_0.conv0.dbb_origin.conv.weight",
+        "module.body.0.modules_hrm_a.lcs_a_0.conv0.dbb_origin.bn.running_var",
+        "module.body.0.modules_hrm_c.lcs_c_1.conv1.dbb_1x1.conv.weight",
+        "module.body.1.modules_hrm_b.lcs_b_0.conv0.dbb_avg.conv.weight",
+        "module.body.1.modules_hrm_b.lcs_b_0.conv0.dbb_avg.bn.bn.running_mean",
+        "module.body.1.modules_hrm_b.lcs_b_0.conv0.dbb_avg.avgbn.weight",
+        "module.body.2.modules_hrm_a.lcs_a_0.conv1.dbb_1x1_kxk.idconv1.weight",
+        "module.body.2.modules_hrm_a.lcs_a_0.conv1.dbb_1x1_kxk.bn1.bn.bias",
+        "module.body.2.modules_hrm_a.lcs_a_0.conv1.dbb_1x1_kxk.conv2.weight",
+        "module.body.2.modules_hrm_a.lcs_a_0.conv1.dbb_1x1_kxk.bn2.running_mean",
+        "module.body.3.modules_hrm_c.lcs_c_0.conv0.dbb_sobelx.k0",
+        "module.body.3.modules_hrm_c.lcs_c_0.conv0.dbb_sobely.mask",
+        "module.body.3.modules_nvsm_sa.smmsa_0.project_inp.0.weight",
+        "module.body.3.modules_nvsm_sa.smmsa_0.project_inp.1.running_var",
+        "module.body.3.modules_nvsm_sa.smmsa_1.project_out.bias",
+    ]:
+        assert key in keys, key
+    assert keys["module.body.0.modules_hrm_a.lcs_a_0.conv0.dbb_sobelx.mask"][0, 0, 1, 0].item() == pytest.approx(2 ** 0.5)
+
+    converted = lipt.load_official(ckpt, lipt.make_config("tiny", 2))
+    deploy_keys = set(converted.state_dict())
+    assert "body.0.modules_hrm_a.lcs_a_0.conv0.weight" in deploy_keys
+    assert "body.0.modules_nvsm_sa.smmsa_0.project_inp.weight" in deploy_keys
+    assert not any("dbb_" in k or "running" in k for k in deploy_keys)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert (converted(x) - trained.eval()(x)).abs().max().item() < 1e-4
+
+
+def test_official_bare_state_dict_without_prefix_also_loads():
+    model = lipt.build("tiny", 3)
+    converted = lipt.load_official(model.state_dict(), lipt.make_config("tiny", 3))
+    assert converted.is_reparameterized
+
+
+def test_plain_init_starts_blocks_as_identity():
+    model = lipt.build("tiny", 2, deploy=True).init_plain()
+    block = model.body[0]
+    x = torch.rand(1, 28, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(block(x), x)
