@@ -21,10 +21,14 @@ examples:
   restore run shots/ -o big/ --scale 4          # a whole folder (recursive), x4
   restore run shots/ -o big/ --skip-existing    # resume an interrupted batch
   restore run a.png --backend torch --tile 128 -v
+  restore run clip.mp4 -o out/ --crf 20         # a video: out/clip.mp4, H.264, audio copied
+  restore run clip.mp4 -o out/ --resume         # continue an interrupted video
 
 Outputs are new files: PNG by default (16-bit sources stay 16-bit, alpha is kept and resized
 on its own), written atomically; inputs are never modified and existing outputs are never
-overwritten.
+overwritten. Videos (.mp4 .mkv .mov .avi .webm .m4v) keep their container (.avi and .webm
+become .mp4), timestamps, audio and subtitles; they are done in segments kept in a hidden
+folder next to the output until the video is complete, so --resume loses nothing finished.
 """
 
 
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="restore image files and folders",
                        description="Restore images (files or folders, searched recursively) into a new folder.",
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if missing)")
     _add_model_args(p)
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
@@ -64,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    p.add_argument("--crf", type=int, default=18, help="video quality, lower is better (default: 18)")
+    p.add_argument("--codec", default=None,
+                   help="video encoder (default: libx264, else mpeg4; e.g. libx265, libvpx-vp9)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted videos from their last finished segment")
     p.add_argument("--dry-run", action="store_true", help="list what would be written, do nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per file")
@@ -94,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weights with their scores.")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench", help="time a restorer on each backend against the machine's conv ceiling",
+                       description="Median/min/max ms per frame, frames/s, GFLOP per frame (counted from the "
+                                   "ONNX graph), achieved GFLOP/s and its share of a 3x3-conv ceiling measured "
+                                   "in the same run, with bicubic as the floor. Needs no trained weights "
+                                   "(random weights are used, and said so, when none are shipped).")
+    _add_model_args(p)
+    p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (default: 640x360)")
+    p.add_argument("--backend", default="all", choices=["all", "onnxruntime", "torch", "torch-cuda", "tensorrt"],
+                   help="backend(s) to time (default: all that can run here)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per backend (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default: 2)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable cores)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    p = sub.add_parser("ui", help="open the web UI (Gradio) in a browser",
+                       description="Serve the Gradio web UI: image, video, webcam and compare tabs. "
+                                   "It stays on this machine (no share links).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; "
+                                                       "0.0.0.0 for other machines on the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="default inference engine in the UI (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="let restorers without trained weights run with random weights (demos, tests)")
+
     sub.add_parser("train", help="train a restorer on a folder of photos (see `restore train --help`)",
                    add_help=False)
     return parser
@@ -102,16 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------- run
 
 def _collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """(file, path relative to its root) pairs for every image, and (path, reason) for bad inputs."""
+    """(file, path relative to its root) pairs for every image or video, and (path, reason) for bad inputs."""
     from restore.io.images import is_image_path
+    from restore.io.video import is_video_path
 
     found, bad = [], []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and (is_image_path(p) or is_video_path(p)))
             if not files:
-                bad.append((raw, "no image files in this folder"))
+                bad.append((raw, "no image or video files in this folder"))
             found += [(f, f.relative_to(path)) for f in files]
         elif path.exists():
             found.append((path, Path(path.name)))
@@ -121,12 +157,17 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[tu
 
 
 def _output_path(outdir: Path, rel: Path, fmt: str) -> Path:
+    from restore.io.video import is_video_path, video_output_name
+
+    if is_video_path(rel):  # --format is for images; a video keeps its container
+        return outdir / video_output_name(rel)
     suffix = rel.suffix.lower() if fmt == "same" else "." + fmt
     return outdir / rel.with_suffix(suffix)
 
 
 def cmd_run(args) -> int:
     from restore.io.images import ImageError, read_image, write_image
+    from restore.io.video import check_encoder, is_video_path, restore_video
 
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
@@ -142,10 +183,13 @@ def cmd_run(args) -> int:
         if dst in seen:
             raise CliError(f"{src} and {seen[dst]} would both be written to {dst}; restore them separately")
         seen[dst] = src
+    if any(is_video_path(src) for src, _ in plan):
+        check_encoder(args.codec, args.crf)  # a bad --codec/--crf is a usage error, found before any work
     if args.dry_run:
         for src, dst in plan:
             print(f"{src} -> {dst}")
         return EXIT_OK
+    restorer = _load(args)  # before touching the disk: a bad --model/--scale leaves nothing behind
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -153,7 +197,6 @@ def cmd_run(args) -> int:
     if not os.access(outdir, os.W_OK):
         raise CliError(f"{outdir}: output folder is not writable")
 
-    restorer = _load(args)
     done, skipped, results, start = 0, 0, [], time.time()
     bar = _progress(len(plan), args)
     for src, dst in plan:
@@ -167,12 +210,19 @@ def cmd_run(args) -> int:
                     continue
                 raise ImageError(dst, "exists; refusing to overwrite (use --skip-existing or another -o)")
             t0 = time.time()
-            picture = read_image(src)
-            restored = restorer.restore_picture(picture, tile=args.tile, overlap=args.overlap)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, restored)
-            record.update(status="ok", seconds=round(time.time() - t0, 3),
-                          size=[restored.rgb.shape[1], restored.rgb.shape[0]])
+            if is_video_path(src):
+                video = restore_video(restorer, src, dst, crf=args.crf, codec=args.codec, resume=args.resume,
+                                      tile=args.tile, overlap=args.overlap, progress=bar is not None,
+                                      log=lambda message: _note(bar, message, error=True))
+                record.update(status="ok", seconds=round(time.time() - t0, 3), size=video["size"],
+                              frames=video["frames"], resumed_frames=video["resumed_frames"])
+            else:
+                picture = read_image(src)
+                restored = restorer.restore_picture(picture, tile=args.tile, overlap=args.overlap)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                write_image(dst, restored)
+                record.update(status="ok", seconds=round(time.time() - t0, 3),
+                              size=[restored.rgb.shape[1], restored.rgb.shape[0]])
             done += 1
             results.append(record)
             if args.verbose:
@@ -349,6 +399,33 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------- ui
+
+def cmd_ui(args) -> int:
+    try:
+        from restore.ui import build_demo, launch
+    except ImportError as e:
+        raise CliError(f"the web UI needs gradio ({e}); install it with `pip install gradio`") from None
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port}: not a TCP port")
+    demo = build_demo(backend=args.backend, threads=args.threads, allow_untrained=args.allow_untrained)
+    launch(demo, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------- bench
+
+def cmd_bench(args) -> int:
+    from restore.bench import format_report, parse_size, run_bench
+
+    size = parse_size(args.size)
+    report = run_bench(args.model, args.variant, args.scale, size, backend=args.backend, runs=args.runs,
+                       warmup=args.warmup, threads=args.threads,
+                       quiet=args.json or not sys.stderr.isatty())
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     from restore.registry import UnknownRestorer
     from restore.weights import WeightsError
 
-    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "models": cmd_models}
+    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "ui": cmd_ui,
+                "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except (CliError, UnknownRestorer, WeightsError, ValueError) as e:

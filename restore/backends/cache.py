@@ -11,9 +11,19 @@ from pathlib import Path
 CACHE_FORMAT = 1
 
 
+PROJECT_ENGINES = Path(__file__).resolve().parents[2] / "engines"
+
+
 def engines_root(root=None) -> Path:
-    """Explicit `root` > $RESTORE_ENGINES > ./engines."""
-    return Path(root if root is not None else os.environ.get("RESTORE_ENGINES") or "engines")
+    """Explicit `root` > $RESTORE_ENGINES > the project's engines/ (or ~/.cache/restore/engines
+    when that is not writable, e.g. a read-only install), independent of the working folder."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get("RESTORE_ENGINES"):
+        return Path(os.environ["RESTORE_ENGINES"])
+    if os.access(PROJECT_ENGINES if PROJECT_ENGINES.exists() else PROJECT_ENGINES.parent, os.W_OK):
+        return PROJECT_ENGINES
+    return Path.home() / ".cache" / "restore" / "engines"
 
 
 def onnx_cache_path(model_name: str, variant: str, scale: int, weights_sha256: str, opset: int = 18,

@@ -22,9 +22,18 @@ def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap
     if ph or pw:
         chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="edge")
     tile = spec.tile if tile is None else (tile or None)  # tile=0 means "never tile"
+    overlap = spec.overlap if overlap is None else overlap
+    m = spec.size_multiple
+    if tile is not None and m > 1:
+        # Window-attention networks partition the image into m×m windows from its top-left
+        # corner. Tiles must start on that grid or every window in a tile would differ from the
+        # untiled result, so: pad like the network does (reflect, bottom/right), use tile and
+        # overlap sizes that are multiples of m, and the tile origins all fall on the grid.
+        chw = np.pad(chw, ((0, 0), (0, -chw.shape[1] % m), (0, -chw.shape[2] % m)), mode="reflect")
+        tile = max(m, tile - tile % m)
+        overlap = min(-(-overlap // m) * m, tile - m)
     if tile is not None:
         tile = max(tile, spec.min_size)
-    overlap = spec.overlap if overlap is None else overlap
     out = run_tiled(restorer.engine, chw, scale=s, tile=tile, overlap=overlap)
     out = out[:, : h * s, : w * s]
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)

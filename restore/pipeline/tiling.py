@@ -20,6 +20,51 @@ import numpy as np
 Edges = tuple[bool, bool, bool, bool]  # (top, bottom, left, right) touches the image border
 
 
+class OutOfMemory(MemoryError):
+    """An engine ran out of (device) memory for one call; the tiler retries with smaller work."""
+
+
+_OOM_WORDS = ("out of memory", "outofmemory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation",
+              "cuda_error_out_of_memory", "cublas_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the out-of-memory errors of any backend (MemoryError, torch.cuda.OutOfMemoryError,
+    ONNX Runtime's allocation failures, TensorRT/CUDA allocation errors)."""
+    if isinstance(exc, MemoryError) or "outofmemory" in type(exc).__name__.lower():
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in _OOM_WORDS)
+
+
+class _Backoff:
+    """Shared across one image (and its recursive sub-tilings): what is known not to fit."""
+
+    def __init__(self, batch: int):
+        self.batch = max(1, batch)
+        self.too_big: int | None = None  # smallest tile side (max of h, w) that ran out of memory
+        self.events = 0
+
+    def failed(self, infer, side: int) -> None:
+        self.events += 1
+        self.too_big = side if self.too_big is None else min(self.too_big, side)
+        release = getattr(infer, "release_memory", None)  # e.g. torch.cuda.empty_cache()
+        if callable(release):
+            release()
+
+
+def _halve(side: int, align: int, min_tile: int) -> int | None:
+    """Half of `side` rounded down to `align`, or None when that is below `min_tile`."""
+    half = (side // 2) // align * align
+    return half if half >= max(min_tile, align) and half < side else None
+
+
+def _sub_overlap(overlap: int, tile: int, align: int) -> int:
+    """`overlap` if it still fits in `tile`, else half the tile; a multiple of `align`, < tile."""
+    ov = overlap if overlap < tile else tile // 2
+    return max(0, min(ov // align * align, tile - align))
+
+
 def _positions(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets along one axis: stride tile-overlap, the last one pushed back inside."""
     if length <= tile:
@@ -82,23 +127,65 @@ def blend_window(h: int, w: int, overlap: int, scale: int, edges: Edges) -> np.n
 
 
 def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, scale: int,
-              tile: int | None, overlap: int = 16, batch: int = 4) -> np.ndarray:
-    """Restore a (C, H, W) float32 image with `infer` ((N,C,h,w) -> (N,C,h*s,w*s)), tile by tile."""
+              tile: int | None, overlap: int = 16, batch: int = 4, align: int = 1, min_tile: int = 16,
+              _backoff: _Backoff | None = None) -> np.ndarray:
+    """Restore a (C, H, W) float32 image with `infer` ((N,C,h,w) -> (N,C,h*s,w*s)), tile by tile.
+
+    Out of memory (see `is_out_of_memory`) never fails the image while there is room to shrink:
+    a batch of tiles that does not fit is retried in halves, and a single tile that does not fit
+    is restored from tiles half its size (multiples of `align`, at least `min_tile`); sizes known
+    to fail are not tried again for the rest of the image.
+    """
     c, height, width = image.shape
+    state = _backoff or _Backoff(batch)
     if tile is None or (height <= tile and width <= tile):
-        out = infer(np.ascontiguousarray(image[None], dtype=np.float32))
-        _check(out, 1, c, height * scale, width * scale)
-        return out[0]
+        side = max(height, width)
+        if state.too_big is None or side < state.too_big:
+            try:
+                out = infer(np.ascontiguousarray(image[None], dtype=np.float32))
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(e) or _halve(side, align, min_tile) is None:
+                    raise
+                state.failed(infer, side)
+            else:
+                _check(out, 1, c, height * scale, width * scale)
+                return out[0]
+        half = _halve(min(side, state.too_big), align, min_tile)
+        if half is None:
+            raise OutOfMemory(f"out of memory even for {side}x{side} tiles")
+        return run_tiled(infer, image, scale=scale, tile=half, overlap=_sub_overlap(overlap, half, align),
+                         batch=state.batch, align=align, min_tile=min_tile, _backoff=state)
 
     tiles = plan_tiles(height, width, tile, overlap)
     th, tw = tiles[0][2], tiles[0][3]
     acc = np.zeros((c, height * scale, width * scale), np.float32)
     wsum = np.zeros((height * scale, width * scale), np.float32)
     windows: dict[Edges, np.ndarray] = {}  # at most 16 edge combinations: build each once
-    for i in range(0, len(tiles), max(1, batch)):
-        group = tiles[i:i + max(1, batch)]
-        inp = np.stack([image[:, y:y + th, x:x + tw] for y, x, _, _ in group]).astype(np.float32, copy=False)
-        out = infer(inp)
+    i = 0
+    while i < len(tiles):
+        group = tiles[i:i + state.batch]
+        crops = [image[:, y:y + th, x:x + tw] for y, x, _, _ in group]
+        out = None
+        if state.too_big is None or max(th, tw) < state.too_big:
+            try:
+                out = infer(np.stack(crops).astype(np.float32, copy=False))
+            except Exception as e:  # noqa: BLE001
+                if not is_out_of_memory(e):
+                    raise
+                if state.batch > 1:  # fewer tiles per call first; redo this group
+                    state.batch //= 2
+                    state.events += 1
+                    release = getattr(infer, "release_memory", None)
+                    if callable(release):
+                        release()
+                    continue
+                if _halve(max(th, tw), align, min_tile) is None:
+                    raise
+                state.failed(infer, max(th, tw))
+        if out is None:  # this tile size does not fit: restore each tile from smaller tiles
+            out = np.stack([run_tiled(infer, np.ascontiguousarray(crop), scale=scale, tile=max(th, tw),
+                                      overlap=overlap, batch=state.batch, align=align, min_tile=min_tile,
+                                      _backoff=state) for crop in crops])
         _check(out, len(group), c, th * scale, tw * scale)
         for (y, x, _, _), o in zip(group, out):
             edges = (y == 0, y + th == height, x == 0, x + tw == width)
@@ -108,6 +195,7 @@ def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, s
             ys, xs = slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
             acc[:, ys, xs] += o * win
             wsum[ys, xs] += win
+        i += len(group)
     # The zero-margin ramps never leave a pixel uncovered (see module docstring); guard anyway
     # so a bug shows up as black rather than NaN.
     return acc / np.maximum(wsum, 1e-12)

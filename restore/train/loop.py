@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log(f"training {stem} ({'plain' if args.plain else 'multi-branch'} graph) for {steps} steps, "
         f"batch {batch} x {patch}px LR, lr {peak_lr:g}, {torch.get_num_threads()} threads, run {run}")
     t_mark, loss_acc, n_acc = time.time(), 0.0, 0
@@ -225,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.ckpt_every == 0:
             save_checkpoint()
     elapsed += time.time() - t_mark
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     if not args.export_only:
         save_checkpoint()
     if stop["now"]:

@@ -1,0 +1,98 @@
+"""The trainer: it learns, checkpoints, resumes where it stopped and writes weights + manifest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from restore.io.images import write_image
+from restore.train.data import SRPairs, augment
+from restore.train.loop import lr_at, main as train_main
+from restore.weights import load_state, sha256_of
+
+from helpers import smooth_image
+
+
+def make_photos(folder, n=3, size=(72, 88)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_image(folder / f"p{i}.png", smooth_image(*size, seed=i))
+    return folder
+
+
+def test_pairs_are_aligned_bicubic_downscales(tmp_path):
+    pairs = SRPairs.from_folders([make_photos(tmp_path / "photos")], scale=2, lr_patch=16, log=lambda m: None)
+    lr, hr = pairs.sample(np.random.default_rng(0), batch=4, lr_patch=16)
+    assert lr.shape == (4, 3, 16, 16) and hr.shape == (4, 3, 32, 32)
+    # aligned: averaging 2x2 HR blocks gives roughly the LR patch (bicubic is close to a box here)
+    pooled = torch.nn.functional.avg_pool2d(hr, 2)
+    assert (pooled - lr).abs().mean() < 0.02
+    a = np.arange(12).reshape(2, 2, 3)
+    outs = augment(np.random.default_rng(3), a, a * 10)
+    assert np.array_equal(outs[0] * 10, outs[1])
+
+
+def test_schedule_warms_up_then_decays():
+    assert lr_at(0, 100, 1.0, 10) == 0.1
+    assert lr_at(9, 100, 1.0, 10) == 1.0
+    assert lr_at(99, 100, 1.0, 10) < 0.05
+
+
+def test_train_checkpoint_resume_and_export(tmp_path, capsys):
+    photos = make_photos(tmp_path / "photos")
+    run, weights = tmp_path / "run", tmp_path / "weights"
+    common = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--patch", "16", "--batch", "2",
+              "--run", str(run), "--weights-dir", str(weights), "--threads", "1", "--val-count", "1",
+              "--log-every", "2", "--ckpt-every", "2", "--warmup", "2"]
+    assert train_main(common + ["--data", str(photos), "--steps", "2", "--no-export"]) == 0
+    first = torch.load(run / "last.pt", weights_only=False)
+    assert first["step"] == 2
+    assert train_main(common + ["--resume", "--steps", "4"]) == 0  # data comes from the checkpoint
+    second = torch.load(run / "last.pt", weights_only=False)
+    assert second["step"] == 4
+    changed = [k for k in first["model"] if not torch.equal(first["model"][k], second["model"][k])]
+    assert changed, "resumed training did not update the weights"
+    out = weights / "lipt-tiny-x2-sr.safetensors"
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["sha256"] == sha256_of(out)
+    assert manifest["training"]["steps"] == 4 and manifest["config"]["channels"] == 28
+    state = load_state(out)
+    assert "body.0.modules_hrm_a.lcs_a_0.conv0.weight" in state  # folded (inference) keys
+    assert not any("dbb_" in k for k in state)
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_plain_training_reduces_the_loss(tmp_path):
+    """A few dozen steps of the folded graph on one photo must beat the starting loss."""
+    from restore.models import lipt
+
+    torch.manual_seed(0)
+    pairs = SRPairs.from_folders([make_photos(tmp_path / "photos", n=1)], 2, 16, log=lambda m: None)
+    model = lipt.build("tiny", 2, deploy=True).init_plain().train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    rng = np.random.default_rng(0)
+    lr, hr = pairs.sample(rng, 4, 16)
+    start = torch.nn.functional.l1_loss(model(lr), hr).item()
+    for _ in range(30):
+        loss = torch.nn.functional.l1_loss(model(lr), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * start
+
+
+def test_corrupted_weights_are_refused(tmp_path):
+    from restore.models import lipt
+    from restore.weights import WeightsError, save_weights
+
+    path = save_weights(lipt.build("tiny", 2, deploy=True), "t", {"restorer": "lipt"}, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    try:
+        load_state(path)
+    except WeightsError as e:
+        assert "sha256" in str(e)
+    else:
+        raise AssertionError("a damaged weights file loaded silently")
