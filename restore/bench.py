@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from restore.backends.onnxruntime_backend import usable_cores
+
 BACKEND_CHOICES = ("all", "onnxruntime", "torch", "torch-cuda", "tensorrt")
 CEILING_CHANNELS = 64
 BARS = {"onnxruntime_vs_torch": 1.5, "onnxruntime_ceiling_share": 0.60}  # issue 3, LIPT-Tiny x2 640x360
@@ -39,13 +41,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise ValueError(f"--size {text!r}: width and height must be positive")
     return w, h
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_name() -> str:
@@ -101,11 +96,14 @@ class Row:
     def to_dict(self, ceiling: float | None) -> dict:
         rnd = lambda v, n=2: None if v is None else round(float(v), n)  # noqa: E731
         share = self.gflops_per_s / ceiling if self.gflops_per_s and ceiling else None
+        # best run against the best-of-N ceiling: like for like when the machine is noisy
+        best = self.gflop / (self.min_ms / 1e3) / ceiling if self.times and self.gflop and ceiling else None
         return {"backend": self.backend, "label": self.label, "precision": self.precision, "device": self.device,
                 "status": self.status, "reason": self.reason or None, "runs": len(self.times),
-                "median_ms": rnd(self.median_ms), "min_ms": rnd(self.min_ms), "max_ms": rnd(self.max_ms),
-                "fps": rnd(self.fps, 3), "gflop_per_frame": rnd(self.gflop, 3),
-                "gflops_per_s": rnd(self.gflops_per_s), "ceiling_share": rnd(share, 4)}
+                "median_ms": rnd(self.median_ms, 3), "min_ms": rnd(self.min_ms, 3), "max_ms": rnd(self.max_ms, 3),
+                "fps": rnd(self.fps, 3), "gflop_per_frame": rnd(self.gflop, 6),
+                "gflops_per_s": rnd(self.gflops_per_s), "ceiling_share": rnd(share, 4),
+                "ceiling_share_best": rnd(best, 4)}
 
 
 def time_calls(fn, runs: int, warmup: int) -> list[float]:
@@ -296,9 +294,10 @@ def run_bench(model: str = "lipt", variant: str | None = None, scale: int | None
     ratio = None
     if by.get("onnxruntime") and by.get("torch") and by["onnxruntime"].times and by["torch"].times:
         ratio = by["torch"].median_ms / by["onnxruntime"].median_ms
-    ort_share = None
+    ort_share = ort_best = None
     if by.get("onnxruntime") and by["onnxruntime"].gflops_per_s and ceiling:
         ort_share = by["onnxruntime"].gflops_per_s / ceiling
+        ort_best = by["onnxruntime"].gflop / (by["onnxruntime"].min_ms / 1e3) / ceiling
     gpu = torch.cuda.get_device_name() if cuda else None
     return {
         "restorer": restorer.stem, "model": spec.name, "variant": restorer.variant, "scale": s,
@@ -314,13 +313,14 @@ def run_bench(model: str = "lipt", variant: str | None = None, scale: int | None
                     "by_backend": {k: round(v, 2) for k, v in ceilings.items()},
                     "op": f"3x3 conv {CEILING_CHANNELS}->{CEILING_CHANNELS}, fp32, input {w}x{h}, "
                           f"{cg:.2f} GFLOP, best of {n_ceiling}"},
-        "gflop_per_frame": None if gflop is None else round(gflop, 3),
-        "gflop_by_op": {k: round(v / 1e9, 3) for k, v in flops.by_op.items()},
+        "gflop_per_frame": None if gflop is None else round(gflop, 6),
+        "gflop_by_op": {k: round(v / 1e9, 6) for k, v in flops.by_op.items()},
         "gflop_unresolved_nodes": len(flops.unresolved),
         "backends": [r.to_dict(ceiling) for r in rows],
         "bicubic": [r.to_dict(None) for r in floors],
         "onnxruntime_vs_torch": None if ratio is None else round(ratio, 3),
         "onnxruntime_ceiling_share": None if ort_share is None else round(ort_share, 4),
+        "onnxruntime_ceiling_share_best": None if ort_best is None else round(ort_best, 4),
         "bars": BARS,
     }
 
@@ -391,6 +391,8 @@ def format_report(r: dict) -> str:
                      f"[issue bar >= {BARS['onnxruntime_vs_torch']}x: {ok}]")
     if share is not None:
         ok = "met" if share >= BARS["onnxruntime_ceiling_share"] else "NOT met"
-        lines.append(f"onnxruntime share of the conv ceiling: {100 * share:.1f} %   "
-                     f"[issue bar >= {100 * BARS['onnxruntime_ceiling_share']:.0f} %: {ok}]")
+        best = r.get("onnxruntime_ceiling_share_best")
+        lines.append(f"onnxruntime share of the conv ceiling (median run): {100 * share:.1f} %   "
+                     f"[issue bar >= {100 * BARS['onnxruntime_ceiling_share']:.0f} %: {ok}]"
+                     + ("" if best is None else f"   (best run: {100 * best:.1f} %)"))
     return "\n".join(lines)

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
     p.add_argument("--tile", type=int, default=0, help="tile size (default: 0 = whole image)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--record", action="store_true", help="store the mean scores in the weights' manifest")
     p.add_argument("--json", action="store_true", help="print per-image and mean scores as JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per image")
@@ -128,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="let restorers without trained weights run with random weights (demos, tests)")
+
+    p = sub.add_parser("live", help="restore a camera, stream or video file live",
+                       description="Restore a live source at a target frame rate: frames are admitted at "
+                                   "--fps at most, and when restoring is slower the work shrinks (a lower "
+                                   "working resolution), then frames are skipped. Show it in a window "
+                                   "and/or record it (constant --fps; the last frame repeats when no new "
+                                   "one is ready). q, Esc or Ctrl-C stops.",
+                       epilog="examples:\n  restore live --source 0 --show\n"
+                              "  restore live --source rtsp://cam.local/stream -o cam.mp4 --fps 10\n"
+                              "  restore live --source clip.mp4 -o live.mp4 --max-frames 100",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True, help="camera index (0), stream URL (rtsp://...) or a video file")
+    p.add_argument("--show", action="store_true", help="show the result in a window (needs a display and GUI OpenCV)")
+    p.add_argument("-o", "--output", metavar="OUT.mp4", help="record the result to a new H.264 .mp4 file")
+    p.add_argument("--fps", type=float, default=15.0, help="target frame rate (default: 15)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N output frames")
+    _add_model_args(p)
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="inference engine (default: auto = ONNX Runtime on CPU)")
+    p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--crf", type=int, default=20, help="recording quality, lower is better (default: 20)")
+    p.add_argument("--codec", default=None, help="recording encoder (default: libx264, else mpeg4)")
+    p.add_argument("--json", action="store_true", help="print the session's numbers as JSON")
 
     sub.add_parser("train", help="train a restorer on a folder of photos (see `restore train --help`)",
                    add_help=False)
@@ -362,7 +387,7 @@ def cmd_export(args) -> int:
             raise CliError(f"{out}: exists; refusing to overwrite")
         path = export_onnx(restorer.model, out, opset=args.opset)
     else:
-        path = get_or_export_onnx(restorer.model, name=restorer.spec.name, variant=restorer.variant,
+        path = get_or_export_onnx(restorer.model, model_name=restorer.spec.name, variant=restorer.variant,
                                   scale=restorer.scale, weights_sha256=restorer.manifest.get("sha256", "untrained"),
                                   opset=args.opset)
     print(path)
@@ -426,6 +451,36 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------- live
+
+def cmd_live(args) -> int:
+    from restore.io.live import LiveError, check_display, run_live
+    from restore.io.video import check_encoder
+
+    if not args.show and not args.output:
+        raise CliError("nothing to do: give --show, -o OUT.mp4, or both")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CliError(f"--max-frames must be at least 1, not {args.max_frames}")
+    try:
+        if args.output:
+            check_encoder(args.codec, args.crf)
+        if args.show:
+            check_display()  # before loading a model: fail fast on a headless machine
+        restorer = _load(args)
+        stats = run_live(restorer, args.source, fps=args.fps, show=args.show, output=args.output,
+                         max_frames=args.max_frames, crf=args.crf, codec=args.codec)
+    except LiveError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        where = f" -> {stats['output']}" if stats["output"] else ""
+        print(f"{stats['frames']} frames in {stats['seconds']:.1f} s at {args.fps:g} fps: restored "
+              f"{stats['processed']} ({stats['mean_fps']:.1f} fps, level {stats['level']}), "
+              f"{stats['dropped']} dropped, {stats['repeated']} repeated{where}", file=sys.stderr)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     from restore.weights import WeightsError
 
     handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "ui": cmd_ui,
-                "bench": cmd_bench}
+                "bench": cmd_bench, "live": cmd_live}
     try:
         return handlers[args.command](args)
     except (CliError, UnknownRestorer, WeightsError, ValueError) as e:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ def _extra_control(name: str, visible: bool):
     if make is None:  # an extra this UI does not know yet: a plain number box
         return gr.Number(0, label=name.replace("_", " "), visible=visible, elem_id=f"extra-{name}")
     return make(visible=visible, elem_id=f"extra-{name}")
+
 
 CSS = """
 #backend-box textarea {font-family: ui-monospace, monospace;}
@@ -293,11 +294,8 @@ class ImageResult:
 @dataclass
 class LiveSession:
     """Per-browser-tab state of the webcam tab (kept in gr.State)."""
-    governor: object | None = None
-    key: tuple | None = None
-    frames_in: int = 0
-    frames_out: int = 0
-    last_out: np.ndarray | None = None
+    governor: object | None = None  # restore.pipeline.governor.FrameGovernor
+    key: tuple | None = None  # (restorer stem, backend, target fps) the governor was made for
 
 
 class UIState:
@@ -313,7 +311,8 @@ class UIState:
         self.threads = threads
         self.cache_size = max(1, cache_size)
         self._cache: OrderedDict[tuple, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two dicts, never held while loading
+        self._loading: dict[tuple, threading.Lock] = {}  # one lock per restorer being loaded
         self.output_root = Path(output_dir or tempfile.mkdtemp(prefix="restore-ui-"))
 
     # -- restorers ------------------------------------------------------------------------
@@ -326,16 +325,23 @@ class UIState:
         scale = spec.check_scale(int(scale) if scale not in (None, "") else spec.default_scale)
         backend = backend or self.backend
         key = (spec.name, variant, scale, backend)
-        with self._lock:  # one load at a time: a second request for the same key waits and reuses it
+        with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key], 0.0
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # a second request for the same key waits for this load and reuses it
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key], 0.0
             t0 = time.perf_counter()
             r = load_restorer(spec.name, variant, scale, backend=backend, threads=self.threads,
                               allow_untrained=self.allow_untrained, engines_dir=self.engines_dir)
-            self._cache[key] = r
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[key] = r
+                self._loading.pop(key, None)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
             return r, time.perf_counter() - t0
 
     def is_cached(self, name, variant, scale, backend=None) -> bool:
@@ -597,7 +603,6 @@ def _live_step(ui: UIState, session: LiveSession, frame, name, variant, scale, b
         session.governor = gov_mod.FrameGovernor(float(target_fps or 1), levels=gov_mod.default_levels(restorer))
         session.key = key
     gov = session.governor
-    session.frames_in += 1
     out = None
     if gov.admit():
         rgb = frame[..., :3].astype(np.float32) / (65535.0 if frame.dtype == np.uint16 else 255.0)
@@ -605,8 +610,6 @@ def _live_step(ui: UIState, session: LiveSession, frame, name, variant, scale, b
         restored = gov_mod.restore_at_level(restorer, np.ascontiguousarray(rgb), gov.settings)
         gov.done(time.perf_counter() - t0)
         out = to_uint8(restored)
-        session.last_out = out
-        session.frames_out += 1
     st = gov.stats()
     ws = st["settings"].get("work_scale")
     status = (f"**{st['achieved_fps']:.1f} fps** achieved (target {st['target_fps']:g}) · "
@@ -618,7 +621,14 @@ def _live_step(ui: UIState, session: LiveSession, frame, name, variant, scale, b
 
 # -------------------------------------------------------------------------------- the Blocks
 
-def _picker(prefix: str, state: UIState, with_extras: bool = False):
+def _signature(names: list[str]) -> inspect.Signature:
+    """Positional parameters `names`, then progress=gr.Progress() (for handlers taking *args)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n if n.isidentifier() else re.sub(r"\W", "_", n), kind) for n in names]
+    return inspect.Signature([*params, inspect.Parameter("progress", kind, default=gr.Progress())])
+
+
+def _picker(prefix: str, state: UIState):
     """Restorer / variant / scale / backend dropdowns, wired to follow the registry."""
     all_specs = specs()
     if not all_specs:
@@ -692,8 +702,8 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=1):
                     img_in = file_image(label="Image (PNG, JPEG, TIFF, WebP, BMP; 8 or 16-bit)",
-                                      sources=["upload", "clipboard"], image_mode=None, height=340,
-                                      elem_id="img-input")
+                                        sources=["upload", "clipboard"], image_mode=None, height=340,
+                                        elem_id="img-input")
                     img_go = gr.Button("Restore", variant="primary", elem_id="img-restore")
                 with gr.Column(scale=2):
                     img_slider = gr.ImageSlider(label="Before / after", type="numpy", format="png",
@@ -710,12 +720,17 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
             name.change(on_restorer, name, [routing, overlay, note, *extra_boxes],
                         api_visibility="private", queue=False)
 
-            @user_errors
-            def restore_image(progress=gr.Progress(), *args):
-                path, restorer, variant, scale, backend, routing, overlay, *extra_values = args
+            def restore_image(*args):
+                path, restorer, variant, scale, backend, routing, overlay, *extra_values, progress = args
                 res = state.restore_image(path, restorer, variant, scale, backend, routing, overlay,
                                           dict(zip(extras, extra_values)), progress)
                 return (res.before, res.after), str(res.png), res.backend, res.info
+
+            # The extras vary with the registry, so the handler takes *args; this signature names
+            # them for the API page and puts gr.Progress last, where Gradio passes it.
+            restore_image = user_errors(restore_image)
+            restore_image.__signature__ = _signature(
+                ["image", "restorer", "variant", "scale", "backend", "routing", "overlay", *extras])
 
             img_go.click(restore_image, [img_in, name, variant, scale, backend, routing, overlay, *extra_boxes],
                          [img_slider, img_file, img_backend, img_info], api_name="restore_image",
@@ -745,16 +760,16 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
         with gr.Tab("Webcam", id="webcam"):
             w_name, w_variant, w_scale, w_backend = _picker("cam", state)
             target_fps = gr.Slider(1, 30, value=10, step=1, label="Target frame rate (fps)",
-                                   info="work is shed (routing, smaller tiles, skipped frames) to hold it",
+                                   info="work is shed to hold it: a lower working resolution, then skipped frames",
                                    elem_id="cam-fps")
+            cam_stats = gr.Markdown("Start the camera; the achieved frame rate shows here.", label="stats",
+                                    elem_id="cam-stats")
             with gr.Row():
                 cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
                                webcam_options=gr.WebcamOptions(mirror=False, constraints=LIVE_CAMERA),
                                elem_id="cam-input")
                 cam_out = gr.Image(label="Restored (live)", type="numpy", format="jpeg", interactive=False,
                                    elem_id="cam-output")
-            cam_stats = gr.Markdown("Start the camera; the achieved frame rate shows here.", label="stats",
-                                    elem_id="cam-stats")
             live_state = gr.State(None)
 
             @user_errors
@@ -773,12 +788,12 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
             gr.Markdown("Pick a crop (sliders, or click the preview to centre it), run several restorers "
                         "on it, then run the one you like on the whole image.", elem_classes="note")
             cands = candidate_choices()
-            trained = [k for _, k in cands if "(no weights)" not in _]
+            trained = [key for label, key in cands if "(no weights)" not in label]
             default_cands = (trained or [k for _, k in cands])[:2]
             with gr.Row():
                 with gr.Column(scale=1):
-                    cmp_in = file_image(label="Image", sources=["upload", "clipboard"],
-                                      image_mode=None, elem_id="cmp-input")
+                    cmp_in = file_image(label="Image", sources=["upload", "clipboard"], image_mode=None,
+                                        elem_id="cmp-input")
                     cmp_x = gr.Slider(0, 4096, value=0, step=1, label="Crop x")
                     cmp_y = gr.Slider(0, 4096, value=0, step=1, label="Crop y")
                     cmp_size = gr.Slider(8, 512, value=96, step=8, label="Crop size (input pixels)")
@@ -819,6 +834,7 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
                         gr.Slider(maximum=max(8, min(h, w)), value=max(1, size)),
                         state.crop_preview(path, (w - size) // 2, (h - size) // 2, size))
 
+            @user_errors
             def on_click(path, size, evt: gr.SelectData):
                 if not path or evt is None or evt.index is None:
                     return gr.update(), gr.update()
@@ -863,9 +879,37 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None, **kwargs):
-    """Serve the app (blocks unless prevent_thread_lock=True). No share links: this app stays local."""
+    """Serve the app; blocks until Ctrl-C unless prevent_thread_lock=True. Returns (app, url, None).
+
+    No share links: the app stays on this machine (and this machine has no internet anyway).
+    """
     demo = demo or build_demo()
+    block = not kwargs.pop("prevent_thread_lock", False)
+    quiet = kwargs.pop("quiet", False)
+    kwargs.pop("share", None)
     kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
     kwargs.setdefault("css", CSS)
-    kwargs.pop("share", None)
-    return demo.launch(server_name=host, server_port=port, share=False, **kwargs)
+    app, url, _ = demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True,
+                              quiet=True, **kwargs)
+    if not quiet:
+        print(f"restore web UI on {url}  (Ctrl-C to stop)", flush=True)
+    if block:
+        try:
+            demo.block_thread()  # returns after Ctrl-C
+        finally:
+            close(demo, timeout=10)
+    return app, url, None
+
+
+def close(demo: gr.Blocks, timeout: float = 30.0) -> None:
+    """Stop the server once running events have finished (or after `timeout` seconds).
+
+    A webcam stream can still be inside the restorer when the browser goes away; closing under
+    it and then exiting the interpreter would kill a thread in native code.
+    """
+    queue = getattr(demo, "_queue", None)
+    end = time.monotonic() + timeout
+    while queue is not None and any(queue.active_jobs) and time.monotonic() < end:
+        time.sleep(0.1)
+    if demo.is_running:
+        demo.close()

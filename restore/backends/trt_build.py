@@ -29,22 +29,26 @@ def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+def strongly_typed(trt) -> bool:
+    """TensorRT 11 only builds strongly typed networks; 10.x offers them as an option."""
+    major = int(str(trt.__version__).split(".")[0])
+    return major >= 11 or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
 def _network_flags(trt) -> int:
-    flags = 0
     kinds = trt.NetworkDefinitionCreationFlag
-    # Strongly typed: precision comes from the graph's tensor types (TensorRT 11 allows nothing
-    # else; 10.x has it as an option). Older releases need explicit batch instead.
-    if hasattr(kinds, "STRONGLY_TYPED"):
-        flags |= 1 << int(kinds.STRONGLY_TYPED)
-    elif hasattr(kinds, "EXPLICIT_BATCH"):
-        flags |= 1 << int(kinds.EXPLICIT_BATCH)
-    return flags
+    major = int(str(trt.__version__).split(".")[0])
+    if major >= 11:
+        return 0  # strongly typed by default; the old flags are gone
+    if hasattr(kinds, "STRONGLY_TYPED"):  # 10.x: precision comes from the graph's tensor types
+        return 1 << int(kinds.STRONGLY_TYPED)
+    return 1 << int(kinds.EXPLICIT_BATCH)  # older releases: weak typing, explicit batch
 
 
 def build(onnx_path: Path, plan: Path, spec_dict: dict, timing_cache: Path | None, verbose: bool = False) -> None:
     import tensorrt as trt
 
-    from restore.backends.trt_cache import Profile, load_timing_cache, write_checked
+    from restore.backends.trt_cache import Profile, discard, load_timing_cache, write_checked
 
     class Logger(trt.ILogger):
         def __init__(self):
@@ -80,7 +84,7 @@ def build(onnx_path: Path, plan: Path, spec_dict: dict, timing_cache: Path | Non
     parser = trt.OnnxParser(network, logger)
     with tempfile.TemporaryDirectory(prefix="restore-trt-") as tmp:
         source = onnx_path
-        if precision == "fp16":  # strongly typed: the graph itself must be fp16
+        if precision == "fp16" and strongly_typed(trt):  # the graph itself must be fp16
             from restore.backends.onnx_fp16 import convert_file
 
             source = Path(tmp) / "model.fp16.onnx"
@@ -95,8 +99,8 @@ def build(onnx_path: Path, plan: Path, spec_dict: dict, timing_cache: Path | Non
         config.builder_optimization_level = int(spec_dict.get("opt_level", 3))
     for flag in spec_dict.get("flags", []):
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    if precision == "fp16" and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        config.set_flag(trt.BuilderFlag.FP16)  # pre-10 TensorRT: weak typing is all there is
+    if precision == "fp16" and not strongly_typed(trt):
+        config.set_flag(trt.BuilderFlag.FP16)  # older TensorRT: weak typing is all there is
     inp = network.get_input(0)
     tp = builder.create_optimization_profile()
     tp.set_shape(inp.name, profile.min, profile.opt, profile.max)
@@ -105,7 +109,15 @@ def build(onnx_path: Path, plan: Path, spec_dict: dict, timing_cache: Path | Non
         config.progress_monitor = Monitor()
     cache = None
     if timing_cache is not None:
-        cache = config.create_timing_cache(load_timing_cache(timing_cache))
+        seed = load_timing_cache(timing_cache)  # b"" when missing or damaged (checksum)
+        try:
+            cache = config.create_timing_cache(seed)
+            if cache is None:
+                raise RuntimeError("TensorRT refused the timing cache")
+        except Exception as e:  # noqa: BLE001 - intact file TensorRT still rejects: start afresh
+            print(f"timing cache {timing_cache.name} rejected ({e}); starting an empty one", file=sys.stderr)
+            discard(timing_cache)
+            cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -157,7 +157,7 @@ class _FileSource(_Source):
             for frame in container.decode(vs):
                 if self._stop.is_set():
                     return
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = frame.reformat(format="rgb24", threads=1).to_ndarray()  # see restore.io.video
                 if self._realtime and frame.pts is not None and frame.time_base:
                     t = float(frame.pts * frame.time_base)
                     first = t if first is None else first
@@ -209,23 +209,30 @@ class _Recorder:
     def __init__(self, path: Path, size: tuple[int, int], fps: float, codec: str | None, crf: int):
         import av
 
-        from restore.io.video import pick_codec
+        from restore.io.video import _MUXER, _encoder_options, pick_codec
 
         self.path = path
         self.tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         self.rate = Fraction(fps).limit_denominator(1001)
         codec = pick_codec(codec)
-        options = {"crf": str(crf), "preset": "veryfast"} if codec in ("libx264", "libx265") else {}
-        self.container = av.open(str(self.tmp), "w", format="mp4")
+        options = _encoder_options(codec, crf)
+        if "preset" in options and codec in ("libx264", "libx265"):
+            options["preset"] = "veryfast"  # keep up with the source
+        self.container = av.open(str(self.tmp), "w", format=_MUXER[path.suffix.lower()])
         self.stream = self.container.add_stream(codec, rate=self.rate, options=options)
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
+        # Explicit, tagged YUV matrix: what players assume for untagged video of this size.
+        self.matrix, tag = ("ITU709", 1) if size[1] >= 720 else ("ITU601", 6)
+        self.stream.codec_context.colorspace = tag
+        self.stream.codec_context.color_range = 1  # limited ("MPEG") range
         self.frames = 0
 
     def write(self, rgb8: np.ndarray) -> None:
         import av
 
         frame = av.VideoFrame.from_ndarray(rgb8, format="rgb24")
+        frame = frame.reformat(format="yuv420p", dst_colorspace=self.matrix, dst_color_range="MPEG", threads=1)
         frame.pts = self.frames  # time base 1/fps: one tick per frame, a constant rate
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
@@ -273,8 +280,8 @@ def run_live(restorer, source: str, *, fps: float = 15.0, show: bool = False, ou
         raise LiveError(f"--fps must be positive, not {fps}")
     out_path = Path(output) if output is not None else None
     if out_path is not None:
-        if out_path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
-            raise LiveError(f"{out_path}: record to an .mp4 file")
+        if out_path.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
+            raise LiveError(f"{out_path}: record to an .mp4, .mov or .mkv file")
         if out_path.exists():
             raise LiveError(f"{out_path}: exists; refusing to overwrite")
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +334,11 @@ def run_live(restorer, source: str, *, fps: float = 15.0, show: bool = False, ou
                 stopped_by = "max frames"
                 break
             if src.finished:
+                if last is not None and last_written_id != current_id and written < (max_frames or written + 1):
+                    if recorder is not None:  # the last restored frame is not due yet: keep it anyway
+                        recorder.write(last)
+                    last_written_id = current_id
+                    written += 1
                 break
         ok = True
     except KeyboardInterrupt:

@@ -29,6 +29,8 @@ Decoding and encoding happen in process with PyAV (FFmpeg in the wheel; no ffmpe
   joins the segments, copies the other streams, checks the frame count and removes the folder.
 * **Checks**: the output must hold exactly as many frames as were decoded, and a source that
   declares more frames than can be decoded (truncated or damaged) is an error.
+* **Pixel conversions** run swscale with one thread (`threads=1`): its slice threads can
+  deadlock in the bundled FFmpeg (seen as a hang under load) and gain nothing beside the restorer.
 * **Atomic**: the result is written under a temporary name and linked into place; an existing
   output is never overwritten.
 """
@@ -131,7 +133,36 @@ def pick_codec(name: str | None = None) -> str:
                          f"libvpx-vp9, mpeg4)") from None
     if codec.type != "video":
         raise ValueError(f"{name!r} is not a video encoder")
+    try:
+        _try_encoder(codec.name)
+    except Exception as e:
+        raise ValueError(f"video encoder {name!r} does not work in this FFmpeg build "
+                         f"({_reason(e)}); try libx264, libx265 or libvpx-vp9") from None
     return codec.name
+
+
+def _try_encoder(name: str) -> None:
+    """Encode two small frames into an in-memory mp4 and read the stream back, as the
+    segments will be (some encoders have no decoder here, e.g. AV1 without libdav1d)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=_SEGMENT_MUXER) as out:
+        st = out.add_stream(name, rate=15, options=_encoder_options(name, DEFAULT_CRF))
+        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
+        for i in range(2):
+            frame = av.VideoFrame(64, 64, "yuv420p")
+            frame.pts = i
+            for packet in st.encode(frame):
+                out.mux(packet)
+        for packet in st.encode(None):
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf) as back:
+        vs = back.streams.video[0]
+        _ = vs.codec_context.extradata
+        if sum(1 for p in back.demux(vs) if p.size) != 2:
+            raise ValueError("frames went missing")
 
 
 def check_encoder(codec: str | None, crf: int) -> str:
@@ -355,7 +386,7 @@ def restore_video(restorer, src, dst, *, crf: int = DEFAULT_CRF, codec: str | No
     resumed_from = man.done_frames
     if resumed_from:
         log(f"{src}: resuming after {resumed_from} frames ({len(man.segments)} segments done)")
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = work / f"output{suffix}.part"  # inside the work folder: a killed run leaves nothing beside it
     try:
         if man.total_frames is None:
             _run_segments(restorer, info, man, codec, int(crf), (out_w, out_h), tile, overlap,
@@ -369,10 +400,13 @@ def restore_video(restorer, src, dst, *, crf: int = DEFAULT_CRF, codec: str | No
         if written != total:
             raise VideoError(src, f"frame count check failed: {total} frames decoded, {written} written")
         _publish(tmp, dst)
-    except VideoError:
-        shutil.rmtree(work, ignore_errors=True)  # the source is at fault: retrying cannot help
+    except VideoError as e:
+        if Path(e.path) == dst:  # e.g. the output appeared meanwhile: the work is still good
+            _keep_note(log, src, work, man)
+        else:  # the source is at fault (undecodable, truncated): retrying cannot help
+            shutil.rmtree(work, ignore_errors=True)
         raise
-    except av.error.FFmpegError as e:
+    except (av.error.FFmpegError, av.codec.codec.UnknownCodecError) as e:
         _keep_note(log, src, work, man)
         raise VideoError(src, f"video processing failed ({_reason(e)})") from None
     except BaseException:
@@ -443,7 +477,7 @@ def _run_segments(restorer, info: VideoInfo, man: _Manifest, codec: str, crf: in
     """Decode → restore → encode the frames after the finished segments, one segment file at a time."""
     start = man.done_frames
     decoded: queue.Queue = queue.Queue(maxsize=4)
-    restored: queue.Queue = queue.Queue(maxsize=4)
+    restored: queue.Queue = queue.Queue(maxsize=2)  # output-size float frames: 100 MB each at 4K
     stop, errors = threading.Event(), []
     decoder = threading.Thread(target=_decode_worker, name="video-decode",
                                args=(info, start, decoded, stop, errors), daemon=True)
@@ -457,8 +491,7 @@ def _run_segments(restorer, info: VideoInfo, man: _Manifest, codec: str, crf: in
         while True:
             item = _get(decoded, stop, errors)
             if isinstance(item, _End):
-                if not _put(restored, item, stop):
-                    break
+                _put(restored, item, stop)  # the encoder finishes the last segment
                 break
             index, pts, duration, rgb = item
             out = restorer.restore_rgb(rgb, tile=tile, overlap=overlap)
@@ -530,7 +563,7 @@ def _frame_to_rgb(frame, info: VideoInfo) -> np.ndarray:
     deep = max((c.bits for c in frame.format.components), default=8) > 8
     fmt = "rgb48le" if deep else "rgb24"
     rng = "JPEG" if info.color_range == _AVCOL_RANGE_JPEG else "MPEG"
-    rgb = frame.reformat(format=fmt, src_colorspace=info.matrix, src_color_range=rng).to_ndarray()
+    rgb = frame.reformat(format=fmt, src_colorspace=info.matrix, src_color_range=rng, threads=1).to_ndarray()
     out = rgb.astype(np.float32)
     out *= 1.0 / (65535.0 if deep else 255.0)
     return out
@@ -570,7 +603,7 @@ class _SegmentWriter:
         import av
 
         w, h = self.size
-        if rgb.shape[0] < h or rgb.shape[1] < w or rgb.ndim != 3 or rgb.shape[2] != 3:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < h or rgb.shape[1] < w:
             raise ValueError(f"the restorer returned a {rgb.shape} frame; expected at least {h}x{w}x3")
         x = np.asarray(rgb[:h, :w], dtype=np.float32) * 255.0  # a new array: safe to work in place
         np.nan_to_num(x, copy=False, nan=0.0)
@@ -578,7 +611,8 @@ class _SegmentWriter:
         np.rint(x, out=x)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(x.astype(np.uint8)), format="rgb24")
         rng = "JPEG" if self.info.color_range == _AVCOL_RANGE_JPEG else "MPEG"
-        frame = frame.reformat(format="yuv420p", dst_colorspace=self.info.matrix, dst_color_range=rng)
+        frame = frame.reformat(format="yuv420p", dst_colorspace=self.info.matrix, dst_color_range=rng,
+                               threads=1)
         frame.pts = pts
         frame.time_base = self.info.time_base
         if duration:
@@ -684,7 +718,7 @@ def _mux(info: VideoInfo, segments: list[Path], tmp: Path, muxer: str) -> list[s
     with av.open(info.path) as source, av.open(str(tmp), "w", format=muxer, options=options) as out:
         with av.open(str(segments[0])) as first:
             template = first.streams.video[0]
-            ov = out.add_stream_from_template(template)
+            ov = out.add_stream_from_template(template, opaque=True)  # a remux: no encoder needed
             extradata = template.codec_context.extradata
         _copy_metadata(source.streams[info.index], ov)
         if info.rotation:
@@ -821,3 +855,73 @@ def _count_video(path: Path) -> tuple[int, float]:
                 t_end = t + float((packet.duration or 0) * vs.time_base)
                 end = t_end if end is None else max(end, t_end)
     return count, (end - first) if count and first is not None else 0.0
+
+
+# ---------------------------------------------------------------------------- test clips
+
+def make_test_clip(path, *, size: tuple[int, int] = (32, 24), frames: int = 20, fps: int = 15,
+                   audio: str | None = "aac", vfr: bool = False, subtitles: bool = False,
+                   rotation: int = 0, codec: str = "libx264") -> Path:
+    """Write a short synthetic clip for tests and demos; the container follows the suffix.
+
+    Frame i is a horizontal red ramp with green level round(255 * i / (frames - 1)) (so frames
+    can be told apart after lossy coding) and a blue line moving down. `audio` is an encoder
+    name (aac, libopus, pcm_s16le, adpcm_ms, ...) playing a 440 Hz tone for the clip's length;
+    `vfr` spaces frames 1, 1, 1.5 frame periods apart in turn; `subtitles` adds one text cue
+    (SubRip in .mkv, mov_text in .mp4/.mov); `rotation` sets the display rotation.
+    """
+    import av
+
+    path = Path(path)
+    w, h = size
+    ticks = 2 if vfr else 1  # VFR: a time base of half a frame period
+    tb = Fraction(1, fps * ticks)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.codec_context.time_base = tb
+        if rotation:
+            vs.set_display_rotation(rotation)
+        aus = None
+        if audio:
+            aus = out.add_stream(audio, rate=48000)
+            aus.layout = "mono"
+        sub = None
+        if subtitles:
+            sub = out.add_mux_stream("subrip" if path.suffix.lower() == ".mkv" else "mov_text",
+                                     time_base=Fraction(1, 1000))
+            sub.metadata["language"] = "eng"
+        pts = 0
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[..., 0] = (np.arange(w) * 255 // max(1, w - 1))[None, :]
+            img[..., 1] = round(255 * i / max(1, frames - 1))
+            img[(i * 2) % h, :, 2] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p", threads=1)
+            frame.pts, frame.time_base = pts, tb
+            pts += (3 if i % 3 == 2 else 2) if vfr else 1
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+        if aus is not None:
+            rate = 48000
+            n = int(rate * pts * tb)
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
+            for k in range(0, n, 1024):
+                frame = av.AudioFrame.from_ndarray(tone[None, k:k + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = rate, k, Fraction(1, rate)
+                for packet in aus.encode(frame):
+                    out.mux(packet)
+            for packet in aus.encode(None):
+                out.mux(packet)
+        if sub is not None:
+            text = b"restore test cue"
+            data = text if path.suffix.lower() == ".mkv" else len(text).to_bytes(2, "big") + text
+            packet = av.Packet(data)
+            packet.stream = sub
+            packet.pts = packet.dts = 0
+            packet.duration = 500
+            packet.time_base = Fraction(1, 1000)
+            out.mux(packet)
+    return path

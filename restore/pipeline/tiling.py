@@ -10,6 +10,10 @@ neighbours). Any non-zero weight on those pixels leaks the error into the result
 interior edges the outer ``overlap // 4`` pixels get weight 0 and a raised-cosine ramp spans the
 middle half of the overlap. Consequence: tiled == untiled (to float rounding) whenever
 r <= overlap // 4; for networks with a larger reach the ramp still hides the seam.
+
+Out of memory (any backend: see `is_out_of_memory`) does not fail an image: the batch of tiles
+is halved first, then the tile side (each tile that does not fit is restored from tiles half
+its size, recursively), and the rest of the image goes on at the size that fits.
 """
 from __future__ import annotations
 
