@@ -316,7 +316,8 @@ def run_bench(model: str = "lipt", variant: str | None = None, scale: int | None
         "gflop_per_frame": None if gflop is None else round(gflop, 6),
         "gflop_by_op": {k: round(v / 1e9, 6) for k, v in flops.by_op.items()},
         "gflop_unresolved_nodes": len(flops.unresolved),
-        "backends": [r.to_dict(ceiling) for r in rows],
+        # the ceiling is a CPU figure: GPU rows get no share of it
+        "backends": [r.to_dict(ceiling if r.device == "cpu" else None) for r in rows],
         "bicubic": [r.to_dict(None) for r in floors],
         "onnxruntime_vs_torch": None if ratio is None else round(ratio, 3),
         "onnxruntime_ceiling_share": None if ort_share is None else round(ort_share, 4),

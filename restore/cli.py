@@ -504,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, UnknownRestorer, WeightsError, ValueError) as e:
         _err(str(e))
         return EXIT_USAGE
+    except RuntimeError as e:  # e.g. a backend that cannot run here (no TensorRT, no CUDA)
+        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         _err("interrupted")
         return 130

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from restore.backends.torch_backend import TorchEngine
 from restore.pipeline.tiling import run_tiled

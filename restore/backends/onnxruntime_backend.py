@@ -30,8 +30,9 @@ class OrtEngine:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # No busy-waiting between ops: the ops of these graphs are long (milliseconds), so
-        # spinning buys nothing on an idle machine and steals cores when other work shares them
-        # (measured: ~20 % slower medians with spinning on a loaded 2-core machine).
+        # spinning buys little on an idle machine (LIPT-Tiny x2, 320x184, 2 cores: within ~5 %,
+        # either way run to run) and steals cores from whatever shares them, our own video
+        # decode/encode threads included (loaded 2-core machine: ~20 % slower medians with it).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only: the CLI stays quiet
         self.path = Path(onnx_path)
