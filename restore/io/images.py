@@ -38,6 +38,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from restore.io.publish import publish_new
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 
 # Pillow format names we read (MPO is what Pillow calls many camera JPEGs).
@@ -459,12 +461,7 @@ def _write_atomically(path, p: Path, data: bytes, overwrite: bool) -> None:
 
 
 def _publish_without_clobbering(path, tmp: Path, p: Path) -> None:
-    # A hard link fails if the target appeared since our check: no race, no clobber.
     try:
-        os.link(tmp, p)
+        publish_new(tmp, p)
     except FileExistsError:
         raise ImageError(path, "exists; refusing to overwrite") from None
-    except OSError:  # filesystem without hard links: check, then rename
-        if p.exists():
-            raise ImageError(path, "exists; refusing to overwrite") from None
-        os.replace(tmp, p)

@@ -55,6 +55,7 @@ from typing import Callable
 import numpy as np
 
 from restore.io.images import ImageError
+from restore.io.publish import publish_new
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"})
 
@@ -435,13 +436,9 @@ def _keep_note(log, src, work: Path, man: _Manifest) -> None:
 def _publish(tmp: Path, dst: Path) -> None:
     """Link the finished file into place; never replace a file that appeared meanwhile."""
     try:
-        os.link(tmp, dst)
+        publish_new(tmp, dst)
     except FileExistsError:
         raise VideoError(dst, "exists; refusing to overwrite") from None
-    except OSError:  # no hard links here: check, then rename
-        if dst.exists():
-            raise VideoError(dst, "exists; refusing to overwrite") from None
-        os.replace(tmp, dst)
 
 
 # ------------------------------------------------------------------- threads and queues
