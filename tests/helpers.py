@@ -1,5 +1,8 @@
-"""Small synthetic images for tests."""
+"""Small synthetic images and models for tests."""
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -11,3 +14,20 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         fy, fx, ph = rng.uniform(0.05, 0.3, 2).tolist() + [rng.uniform(0, 6.28)]
         chans.append(0.5 + 0.4 * np.sin(fy * y + ph) * np.cos(fx * x))
     return np.stack(chans, -1).astype(np.float32)
+
+
+class TinySR(nn.Module):
+    """Shaped like the real models: reflect-pad to a multiple of 8, convs, PixelShuffle, crop."""
+
+    def __init__(self, scale=2, multiple=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.scale, self.size_multiple = scale, multiple
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        return self.body(x)[:, :, : h * self.scale, : w * self.scale]

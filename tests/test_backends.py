@@ -16,21 +16,7 @@ from restore.backends.onnxruntime_backend import OrtEngine
 from restore.backends.torch_backend import TorchEngine
 
 
-class TinySR(nn.Module):
-    """Shaped like the real models: reflect-pad to a multiple of 8, convs, PixelShuffle, crop."""
-
-    def __init__(self, scale=2, multiple=8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.scale, self.multiple = scale, multiple
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        m = self.multiple
-        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
-        return self.body(x)[:, :, : h * self.scale, : w * self.scale]
+from helpers import TinySR  # noqa: E402  (shared with the other backend tests)
 
 
 KEY = dict(model_name="tiny", variant="t", scale=2, weights_sha256="ab" * 32)

@@ -22,21 +22,7 @@ from restore.backends import trt_cache as tc
 from restore.pipeline.tiling import OutOfMemory, is_out_of_memory, run_tiled
 
 
-class TinySR(nn.Module):
-    """Pad to a multiple of 8 (reflect), two convs, PixelShuffle, crop: shaped like the real models."""
-
-    def __init__(self, scale=2, multiple=8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.scale, self.size_multiple = scale, multiple
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
-        return self.body(x)[:, :, : h * self.scale, : w * self.scale]
+from helpers import TinySR  # noqa: E402  (shared with the other backend tests)
 
 
 def rand(n, h, w, seed=0):
