@@ -34,7 +34,8 @@ def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap
         overlap = min(-(-overlap // m) * m, tile - m)
     if tile is not None:
         tile = max(tile, spec.min_size)
-    out = run_tiled(restorer.engine, chw, scale=s, tile=tile, overlap=overlap)
+    out = run_tiled(restorer.engine, chw, scale=s, tile=tile, overlap=overlap, align=m,
+                    min_tile=max(16, spec.min_size))  # out-of-memory back-off stays on the grid
     out = out[:, : h * s, : w * s]
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
 
