@@ -11,19 +11,10 @@ from restore.pipeline.tiling import run_tiled
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
-class TinySR(nn.Module):
-    def __init__(self, scale=2, gain=1.0):
-        super().__init__()
-        torch.manual_seed(0)
-        self.scale, self.gain = scale, gain
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+def TinySR(scale=2, gain=1.0):
+    from helpers import TinySR as Shared
 
-    def forward(self, x):
-        y = self.body(x)
-        if self.gain != 1.0:  # huge intermediate values: inf in fp16, fine in fp32
-            y = (y * self.gain + 1.0) - y * self.gain
-        return y
+    return Shared(scale=scale, width=16, gain=gain)
 
 
 def rand(n, h, w, seed=0):

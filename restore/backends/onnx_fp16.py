@@ -61,10 +61,7 @@ def convert_to_fp16(model):
         if inp.name in init_names or inp.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         inner = inp.name + "__fp16"
-        for node in g.node:
-            for i, name in enumerate(node.input):
-                if name == inp.name:
-                    node.input[i] = inner
+        _rename_uses(g, inp.name, inner, outputs=False)
         for out in g.output:  # an input passed straight through
             if out.name == inp.name:
                 raise ValueError("graph input is also a graph output; nothing to convert")
@@ -74,13 +71,7 @@ def convert_to_fp16(model):
         if out.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         inner = out.name + "__fp16"
-        for node in g.node:
-            for i, name in enumerate(node.output):
-                if name == out.name:
-                    node.output[i] = inner
-            for i, name in enumerate(node.input):
-                if name == out.name:
-                    node.input[i] = inner
+        _rename_uses(g, out.name, inner, outputs=True)
         tail.append(helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT, name=out.name + "__to_fp32"))
 
     # inputs that must stay float32
@@ -129,3 +120,13 @@ def convert_file(src, dst) -> None:
     import onnx
 
     onnx.save(convert_to_fp16(onnx.load(str(src))), str(dst))
+
+
+def _rename_uses(graph, old: str, new: str, *, outputs: bool) -> None:
+    """Point every node input (and, with outputs=True, node output) named `old` at `new`."""
+    for node in graph.node:
+        fields = (node.input, node.output) if outputs else (node.input,)
+        for names in fields:
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
