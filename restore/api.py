@@ -25,6 +25,13 @@ class Restorer:
     engine: object  # restore.backends.Engine
     weights_path: Path | None
     manifest: dict = field(default_factory=dict)
+    routing: str = "off"  # default routing mode (restorers with subnets): off|quality|balanced|fast
+    route_budget_ms: float | None = None  # default time budget per frame; overrides the mode
+    backend_request: str = "auto"
+    threads: int | None = None
+    engines_dir: str | Path | None = None
+    last_route: object = None  # RouteMap of the latest routed call
+    _router: object = None
 
     @property
     def stem(self) -> str:
@@ -34,21 +41,55 @@ class Restorer:
     def backend(self) -> str:
         return self.engine.name
 
-    def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-        """HxWx3 float32 [0,1] → (sH)x(sW)x3 float32 [0,1]."""
+    def router(self):
+        """The patch router over this restorer's subnets (built on first use)."""
+        if self._router is None:
+            from restore.routing import Router
+
+            self._router = Router.for_restorer(self)
+        return self._router
+
+    def _routed(self, routing: str | None, budget_ms: float | None) -> bool:
+        mode = routing or self.routing
+        budget = budget_ms if budget_ms is not None else self.route_budget_ms
+        if mode == "off" and budget is None:
+            return False
+        if not self.spec.subnets:
+            raise ValueError(f"{self.spec.name} has no subnets to route between (use --route off)")
+        return True
+
+    def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
+                    routing: str | None = None, budget_ms: float | None = None) -> np.ndarray:
+        """HxWx3 float32 [0,1] → (sH)x(sW)x3 float32 [0,1].
+
+        `routing` (quality|balanced|fast) or `budget_ms` sends each patch to a subnet of its own
+        (restorers that declare subnets); the RouteMap is left in `last_route`.
+        """
+        if self._routed(routing, budget_ms):
+            out, self.last_route = self.router().run(
+                rgb, mode=routing or self.routing,
+                budget_ms=budget_ms if budget_ms is not None else self.route_budget_ms)
+            return out
         from restore.pipeline.run import restore_array
 
         return restore_array(self, rgb, tile=tile, overlap=overlap)
 
-    def restore_picture(self, picture, *, tile: int | None = None, overlap: int | None = None):
+    def restore_picture(self, picture, *, tile: int | None = None, overlap: int | None = None,
+                        routing: str | None = None, budget_ms: float | None = None):
+        """A restored Picture; routed runs carry `routing_map` (subnet index per input pixel) and
+        `route` (the RouteMap)."""
         from restore.pipeline.run import restore_picture
 
+        if self._routed(routing, budget_ms):
+            rgb = self.restore_rgb(picture.rgb, routing=routing, budget_ms=budget_ms)
+            return restore_picture(self, picture, restored_rgb=rgb, route=self.last_route)
         return restore_picture(self, picture, tile=tile, overlap=overlap)
 
 
 def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | None = None, *,
                   backend: str = "auto", weights: str | Path | None = None, threads: int | None = None,
-                  allow_untrained: bool = False, engines_dir: str | Path | None = None) -> Restorer:
+                  allow_untrained: bool = False, engines_dir: str | Path | None = None,
+                  routing: str = "off", route_budget_ms: float | None = None) -> Restorer:
     """Build the named restorer with its shipped weights on the chosen backend.
 
     Raises ValueError / registry.UnknownRestorer / WeightsError with one-line messages.
@@ -77,4 +118,14 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
     sha = manifest.get("sha256") or ("untrained" if path is None else path.name)
     engine = make_engine(model, backend, name=spec.name, variant=variant, scale=scale,
                          weights_sha256=sha, threads=threads, engines_dir=engines_dir)
-    return Restorer(spec, variant, scale, model, engine, path, manifest)
+    restorer = Restorer(spec, variant, scale, model, engine, path, manifest, routing=routing,
+                        route_budget_ms=route_budget_ms, backend_request=backend, threads=threads,
+                        engines_dir=engines_dir)
+    if routing != "off" or route_budget_ms is not None:
+        restorer._routed(routing, route_budget_ms)  # one-line error now for a restorer without subnets
+        from restore.routing.decide import MODES
+
+        if routing not in MODES:
+            raise ValueError(f"unknown routing mode {routing!r} (choose from {', '.join(MODES)})")
+        restorer.router()  # load the table (and fail early if it is missing)
+    return restorer

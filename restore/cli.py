@@ -42,6 +42,21 @@ def _add_model_args(p: argparse.ArgumentParser, scale_default: int | None = None
     p.add_argument("--scale", type=int, default=scale_default, help="upscaling factor for SR restorers (default: 2)")
 
 
+def _add_route_args(p: argparse.ArgumentParser, save_map: bool = False) -> None:
+    p.add_argument("--route", default="off", choices=["off", "quality", "balanced", "fast"],
+                   help="patch routing for restorers with subnets (fsrcnn, carn): each patch goes to bicubic or "
+                        "a narrower subnet when that costs little quality. quality: best predicted PSNR per "
+                        "patch; balanced: at most ~0.05 dB predicted loss, much faster; fast: real-time, about "
+                        "0.6 dB predicted loss (default: off = the full network everywhere)")
+    p.add_argument("--route-budget", type=float, default=None, metavar="MS",
+                   help="route to fit a time budget per image/frame in milliseconds (costs measured by "
+                        "`restore calibrate`); overrides --route")
+    if save_map:
+        p.add_argument("--save-route-map", action="store_true",
+                       help="also write NAME.route.png: the result tinted by the subnet each patch used "
+                            "(green bicubic, yellow/orange/red wider subnets)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restore",
@@ -73,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video encoder (default: libx264, else mpeg4; e.g. libx265, libvpx-vp9)")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted videos from their last finished segment")
+    _add_route_args(p, save_map=True)
     p.add_argument("--dry-run", action="store_true", help="list what would be written, do nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per file")
@@ -88,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=0, help="tile size (default: 0 = whole image)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--record", action="store_true", help="store the mean scores in the weights' manifest")
+    _add_route_args(p)
     p.add_argument("--json", action="store_true", help="print per-image and mean scores as JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per image")
 
@@ -116,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10, help="timed runs per backend (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default: 2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable cores)")
+    p.add_argument("--route", nargs="?", const="all", default=None, metavar="MODE",
+                   help="time patch routing instead of backends: off, quality, balanced, fast or all "
+                        "(default when given without a mode), on a photo frame; ratios are against the "
+                        "large subnet alone (off) in the same run")
+    p.add_argument("--route-budget", type=float, default=None, metavar="MS", help="with --route: also time "
+                   "routing to this per-frame budget")
+    p.add_argument("--image", help="with --route: the photo to time on (default: samples/rocket.jpg)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     p = sub.add_parser("ui", help="open the web UI (Gradio) in a browser",
@@ -150,9 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference engine (default: auto = ONNX Runtime on CPU)")
     p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    _add_route_args(p)
     p.add_argument("--crf", type=int, default=20, help="recording quality, lower is better (default: 20)")
     p.add_argument("--codec", default=None, help="recording encoder (default: libx264, else mpeg4)")
     p.add_argument("--json", action="store_true", help="print the session's numbers as JSON")
+
+    p = sub.add_parser("calibrate", help="measure each subnet's quality per patch score and its cost (routing)",
+                       description="Build the routing table of a restorer with subnets: for patches of the "
+                                   "photos in DIR (HR; LR made by MATLAB bicubic), the mean PSNR/MSE of every "
+                                   "subnet per edge-score bin, and each subnet's measured time per patch on "
+                                   "this machine. Written beside the weights as NAME.route.json, where "
+                                   "`--route` finds it. Use photos that are not in your evaluation sets.",
+                       epilog="example: restore calibrate --model carn --scale 4 ~/photos/holdout")
+    p.add_argument("folders", nargs="+", metavar="DIR", help="folders (or files) of HR photos")
+    _add_model_args(p)
+    p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="engine to measure costs on (default: auto, as `restore run` would use)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--bins", type=int, default=30, help="score bins (default: 30, as ARM)")
+    p.add_argument("--max-patches", type=int, default=64, help="patches per photo at most (default: 64)")
+    p.add_argument("-o", "--output", help="where to write the table (default: beside the weights)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be measured and written, do nothing")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per photo")
 
     sub.add_parser("train", help="train a restorer on a folder of photos (see `restore train --help`)",
                    add_help=False)
@@ -191,7 +235,9 @@ def _output_path(outdir: Path, rel: Path, fmt: str) -> Path:
 
 
 def cmd_run(args) -> int:
-    from restore.io.images import ImageError, read_image, write_image
+    import numpy as np
+
+    from restore.io.images import ImageError, Picture, read_image, write_image
     from restore.io.video import check_encoder, is_video_path, restore_video
 
     outdir = Path(args.output)
@@ -210,9 +256,11 @@ def cmd_run(args) -> int:
         seen[dst] = src
     if any(is_video_path(src) for src, _ in plan):
         check_encoder(args.codec, args.crf)  # a bad --codec/--crf is a usage error, found before any work
+    if args.save_route_map and args.route == "off" and args.route_budget is None:
+        raise CliError("--save-route-map needs --route quality|balanced|fast or --route-budget")
     if args.dry_run:
         for src, dst in plan:
-            print(f"{src} -> {dst}")
+            print(f"{src} -> {dst}" + (f" (+ {dst.stem}.route.png)" if args.save_route_map else ""))
         return EXIT_OK
     restorer = _load(args)  # before touching the disk: a bad --model/--scale leaves nothing behind
     try:
@@ -246,6 +294,12 @@ def cmd_run(args) -> int:
                 restored = restorer.restore_picture(picture, tile=args.tile, overlap=args.overlap)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 write_image(dst, restored)
+                if args.save_route_map and restored.route is not None:
+                    map_path = dst.with_name(dst.stem + ".route.png")
+                    write_image(map_path, Picture(rgb=restored.route.render(restored.rgb).astype(np.float32) / 255))
+                    record["route_map"] = str(map_path)
+                if restored.route is not None:
+                    record["route"] = {k: round(v, 3) for k, v in restored.route.shares().items()}
                 record.update(status="ok", seconds=round(time.time() - t0, 3),
                               size=[restored.rgb.shape[1], restored.rgb.shape[0]])
             done += 1
@@ -305,7 +359,9 @@ def _load(args):
     from restore.api import load_restorer
 
     return load_restorer(args.model, args.variant, args.scale, backend=getattr(args, "backend", "auto"),
-                         weights=args.weights, threads=getattr(args, "threads", None))
+                         weights=args.weights, threads=getattr(args, "threads", None),
+                         routing=getattr(args, "route", None) or "off",
+                         route_budget_ms=getattr(args, "route_budget", None))
 
 
 # ----------------------------------------------------------------------------------------- eval
@@ -319,6 +375,9 @@ def cmd_eval(args) -> int:
     from restore.weights import read_manifest, write_manifest
 
     restorer = _load(args)
+    routed = args.route != "off" or args.route_budget is not None
+    if routed and args.record:
+        raise CliError("--record stores the full network's scores; run it without --route")
     if restorer.spec.task != "sr":
         raise CliError(f"{args.model}: `restore eval` measures SR restorers; {restorer.spec.task} is not SR yet")
     s = restorer.scale
@@ -348,6 +407,9 @@ def cmd_eval(args) -> int:
                    "ssim": round(ssim(sr, hr, border=s, y_channel=True), 5),
                    "bicubic_psnr": round(psnr(bic, hr, border=s, y_channel=True), 4),
                    "bicubic_ssim": round(ssim(bic, hr, border=s, y_channel=True), 5)}
+            if routed:
+                route = restorer.last_route
+                row["patches"] = {n: int(np.sum(route.choice == k)) for k, n in enumerate(route.subnets)}
             rows.append(row)
             if args.verbose:
                 print(f"  {path.name:24s} {row['psnr']:7.3f} dB  {row['ssim']:.4f}  (bicubic {row['bicubic_psnr']:.3f})")
@@ -356,9 +418,16 @@ def cmd_eval(args) -> int:
         mean = {k: round(float(np.mean([r[k] for r in rows])), 4 if "psnr" in k else 5)
                 for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
         report[root.name] = {"images": len(rows), **mean, "per_image": rows}
+        share_text = ""
+        if routed:
+            total = {n: sum(r["patches"][n] for r in rows) for n in restorer.spec.subnets}
+            n_all = max(1, sum(total.values()))
+            report[root.name]["patch_share"] = {n: round(v / n_all, 4) for n, v in total.items()}
+            share_text = "   patches: " + ", ".join(f"{n} {100 * v / n_all:.0f}%" for n, v in total.items())
         if not args.json:
             print(f"{root.name:8s} {restorer.stem} x{s}: PSNR {mean['psnr']:.2f} dB SSIM {mean['ssim']:.4f}   "
-                  f"bicubic {mean['bicubic_psnr']:.2f} dB {mean['bicubic_ssim']:.4f}   ({len(rows)} images, Y, border {s})")
+                  f"bicubic {mean['bicubic_psnr']:.2f} dB {mean['bicubic_ssim']:.4f}   ({len(rows)} images, Y, border {s})"
+                  + share_text)
     if args.record and report:
         if restorer.weights_path is None:
             raise CliError("--record needs shipped weights or --weights")
@@ -369,7 +438,9 @@ def cmd_eval(args) -> int:
             scores[name]["protocol"] = f"Y (BT.601), border {s}, MATLAB bicubic LR, uint8 I/O"
         write_manifest(restorer.weights_path, manifest)
     if args.json:
-        print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend, "sets": report}, indent=2))
+        print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend,
+                          "route": (f"budget {args.route_budget:g} ms" if args.route_budget is not None else args.route),
+                          "sets": report}, indent=2))
     return status
 
 
@@ -396,6 +467,7 @@ def cmd_export(args) -> int:
 
 def cmd_models(args) -> int:
     from restore import registry
+    from restore.routing.table import table_path
     from restore.weights import list_weights
 
     weights = list_weights()
@@ -404,8 +476,10 @@ def cmd_models(args) -> int:
         mine = [(p, m) for p, m in weights if m.get("restorer") == spec.name]
         out.append({"name": spec.name, "task": spec.task, "summary": spec.summary, "paper": spec.paper,
                     "variants": list(spec.variants), "scales": list(spec.scales), "extras": list(spec.extras),
+                    "subnets": list(spec.subnets),
                     "weights": [{"file": p.name, "variant": m.get("variant"), "scale": m.get("scale"),
-                                 "parameters": m.get("parameters"), "scores": m.get("scores", {})} for p, m in mine]})
+                                 "parameters": m.get("parameters"), "scores": m.get("scores", {}),
+                                 "route_table": table_path(p).exists()} for p, m in mine]})
     if args.json:
         print(json.dumps(out, indent=2))
         return EXIT_OK
@@ -414,13 +488,16 @@ def cmd_models(args) -> int:
         print(f"{r['name']:8s} {r['task']:5s} {r['summary']}")
         print(f"         variants: {', '.join(r['variants'])}   scales: {scales}")
         print(f"         paper: {r['paper']}")
+        if r["subnets"]:
+            print(f"         routing tiers: {', '.join(r['subnets'])}")
         for w in r["weights"] or [{"file": None}]:
             if w["file"] is None:
                 print("         weights: none shipped")
                 continue
             scores = "  ".join(f"{k} {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
                                for k, v in w["scores"].items() if "psnr" in v)
-            print(f"         weights: {w['file']}  {w['parameters'] / 1e6:.3f} M params  {scores}")
+            table = "  (routing table)" if w["route_table"] else ""
+            print(f"         weights: {w['file']}  {w['parameters'] / 1e6:.3f} M params  {scores}{table}")
     return EXIT_OK
 
 
@@ -444,10 +521,53 @@ def cmd_bench(args) -> int:
     from restore.bench import format_report, parse_size, run_bench
 
     size = parse_size(args.size)
+    if args.route is not None or args.route_budget is not None:
+        from restore.routing.bench import format_route_report, run_route_bench
+
+        modes = ["quality", "balanced", "fast"] if args.route in (None, "all") else [args.route]
+        backend = "auto" if args.backend == "all" else args.backend
+        report = run_route_bench(args.model, args.variant, args.scale, size, modes=modes, budget_ms=args.route_budget,
+                                 image=args.image, backend=backend, runs=args.runs, warmup=min(args.warmup, 1),
+                                 threads=args.threads)
+        print(json.dumps(report, indent=2) if args.json else format_route_report(report))
+        return EXIT_OK
     report = run_bench(args.model, args.variant, args.scale, size, backend=args.backend, runs=args.runs,
                        warmup=args.warmup, threads=args.threads,
                        quiet=args.json or not sys.stderr.isatty())
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- calibrate
+
+def cmd_calibrate(args) -> int:
+    from restore.api import load_restorer
+    from restore.routing.calibrate import calibrate
+    from restore.routing.table import table_path
+    from restore.train.data import find_photos
+
+    try:
+        photos = find_photos(args.folders)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    if not photos:
+        raise CliError("no photos found in " + ", ".join(args.folders))
+    restorer = load_restorer(args.model, args.variant, args.scale, backend=args.backend, weights=args.weights,
+                             threads=args.threads)
+    if not restorer.spec.subnets:
+        raise CliError(f"{restorer.spec.name} has no subnets: nothing to calibrate")
+    out = Path(args.output) if args.output else table_path(restorer.weights_path)
+    if args.dry_run:
+        print(f"would measure {', '.join(restorer.spec.subnets)} of {restorer.stem} on {len(photos)} photos "
+              f"(at most {args.max_patches} patches each) and write {out}")
+        return EXIT_OK
+    log = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
+    table = calibrate(restorer, photos, bins=args.bins, max_patches_per_image=args.max_patches, log=log)
+    existed = out.exists()
+    table.save(out)
+    best = ", ".join(f"{n} {c:.3f} ms" for n, c in zip(table.subnets, table.cost_ms))
+    print(f"{'replaced' if existed else 'wrote'} {out} ({table.info['patches']} patches from "
+          f"{table.info['images']} photos; per patch: {best})")
     return EXIT_OK
 
 
@@ -498,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     from restore.weights import WeightsError
 
     handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "ui": cmd_ui,
-                "bench": cmd_bench, "live": cmd_live}
+                "bench": cmd_bench, "live": cmd_live, "calibrate": cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (CliError, UnknownRestorer, WeightsError, ValueError) as e:

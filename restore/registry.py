@@ -17,6 +17,15 @@ class UnknownRestorer(KeyError):
 
 
 @dataclass(frozen=True)
+class RouteSpec:
+    """How the patch router (restore/routing) cuts and scores an image for this restorer."""
+
+    score: str = "edge"  # patch difficulty score, a name in restore.routing.scores
+    patch: int = 32  # routed patch side, input pixels
+    overlap: int = 4  # overlap between neighbouring patches, input pixels (blended)
+
+
+@dataclass(frozen=True)
 class RestorerSpec:
     name: str
     task: str  # "sr" (output is `scale` times larger) or a same-size task: "denoise", "deblur", ...
@@ -34,7 +43,8 @@ class RestorerSpec:
     tile: int = 256  # default tile (input pixels) for large images
     overlap: int = 16  # default tile overlap (input pixels)
     precisions: tuple[str, ...] = ("fp32",)
-    subnets: tuple[str, ...] = ()  # subnets for patch routing, cheapest first
+    subnets: tuple[str, ...] = ()  # subnets for patch routing, cheapest first ("bicubic", "w16", ...)
+    route: RouteSpec | None = None  # set when subnets are declared
     train_defaults: dict = field(default_factory=dict)
 
     def check_scale(self, scale: int) -> int:

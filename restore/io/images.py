@@ -83,6 +83,8 @@ class Picture:
     icc_profile: bytes | None = None
     exif: bytes | None = None  # raw EXIF block, orientation reset to 1
     source: str | None = None
+    route: object = None  # routed restores: the RouteMap (restore.routing.router)
+    routing_map: np.ndarray | None = None  # routed restores: subnet index per input pixel (uint8)
 
 
 def is_image_path(path) -> bool:

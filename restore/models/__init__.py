@@ -1,2 +1,3 @@
 """Restorer architectures; importing this package registers each one with restore.registry."""
 from . import lipt  # noqa: F401
+from . import carn, fsrcnn, rtsr  # noqa: F401

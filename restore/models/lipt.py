@@ -304,7 +304,7 @@ def gflops(config: LIPTConfig, height: int, width: int) -> float:
 
 
 def _register() -> None:
-    from restore.registry import RestorerSpec, register
+    from restore.registry import RestorerSpec, RouteSpec, register
 
     register(RestorerSpec(
         name="lipt",
@@ -322,6 +322,10 @@ def _register() -> None:
         tile=512,  # tiles bound memory; larger tiles waste less on overlaps
         overlap=48,  # the attention reaches far: 48 px keeps seams below 1e-3 (see tests)
         precisions=("fp32", "fp16"),
+        # Routing: bicubic for flat patches, the network for the rest (see README, "Routing").
+        # Patches are large and overlap by 16: the attention reaches far.
+        subnets=("bicubic", "full"),
+        route=RouteSpec(score="edge", patch=64, overlap=16),
         train_defaults=dict(patch=64, batch=8, lr=5e-4, steps=20000),
     ))
 

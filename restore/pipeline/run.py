@@ -40,10 +40,17 @@ def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
 
 
-def restore_picture(restorer, picture: Picture, *, tile: int | None = None, overlap: int | None = None) -> Picture:
-    rgb = restore_array(restorer, picture.rgb, tile=tile, overlap=overlap)
+def restore_picture(restorer, picture: Picture, *, tile: int | None = None, overlap: int | None = None,
+                    restored_rgb: np.ndarray | None = None, route=None) -> Picture:
+    """`restored_rgb` (already restored colour, e.g. by the router) skips the network;
+    `route` (a RouteMap) is attached as `route` and as a per-pixel `routing_map`."""
+    rgb = restore_array(restorer, picture.rgb, tile=tile, overlap=overlap) if restored_rgb is None else restored_rgb
     alpha = picture.alpha
     if alpha is not None and restorer.scale != 1:
         alpha = np.clip(imresize(alpha.astype(np.float32), size=rgb.shape[:2]), 0.0, 1.0)
-    return Picture(rgb=rgb, alpha=alpha, bit_depth=picture.bit_depth, gray=picture.gray,
-                   icc_profile=picture.icc_profile, exif=picture.exif, source=picture.source)
+    out = Picture(rgb=rgb, alpha=alpha, bit_depth=picture.bit_depth, gray=picture.gray,
+                  icc_profile=picture.icc_profile, exif=picture.exif, source=picture.source)
+    if route is not None:
+        out.route = route
+        out.routing_map = route.index_map()
+    return out

@@ -24,6 +24,7 @@ import torch
 
 from restore import registry
 from restore.metrics import psnr
+from restore.models.blocks.slimmable import count_macs, set_width
 from restore.weights import save_weights, weights_stem, load_state
 
 from .data import SRPairs, find_photos
@@ -92,11 +93,27 @@ def load_matching(model: torch.nn.Module, source: str) -> int:
     return len(matched)
 
 
+def subnet_sampler(model, log):
+    """For a width-sliced supernet: a function drawing the width of the next step, each width with
+    probability proportional to its cost squared (ARM), so the full network gets most steps and
+    the narrow ones still learn to stand on their own. None for an ordinary network."""
+    widths = getattr(model, "subnet_widths", None)
+    if not widths:
+        return None
+    macs = np.array([count_macs(model, w) for w in widths], dtype=np.float64)
+    p = macs ** 2 / (macs ** 2).sum()
+    log("supernet widths " + ", ".join(f"{w} ({m / 1e6:.0f} M MACs/32x32, p={q:.2f})"
+                                       for w, m, q in zip(widths, macs, p)))
+    return lambda rng: int(rng.choice(widths, p=p))
+
+
 @torch.no_grad()
 def validate(model, pairs: SRPairs, device) -> float:
-    """Mean Y-PSNR (border = scale) over centre crops of the held-out photos."""
+    """Mean Y-PSNR (border = scale) over centre crops of the held-out photos (full width for a
+    supernet)."""
     was_training = model.training
     model.eval()
+    set_width(model, None)
     scores = []
     s = pairs.scale
     for lr_img, hr_img in zip(pairs.lr, pairs.hr):
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = step
     rng = np.random.default_rng(args.seed + step)  # a resumed run draws fresh patches
     torch.manual_seed(args.seed + step)
+    width_draw = subnet_sampler(model, log)
 
     def save_checkpoint() -> None:
         atomic_torch_save({
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, peak_lr, args.warmup)
         lr_batch, hr_batch = train.sample(rng, batch, patch)
+        if width_draw is not None:  # supernet: one subnet width for the whole batch
+            set_width(model, width_draw(rng))
         out = model(lr_batch.to(device))
         loss = torch.nn.functional.l1_loss(out, hr_batch.to(device))
         opt.zero_grad(set_to_none=True)
@@ -232,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"stopped at step {step}; continue with --resume")
         return 130
     if not args.no_export:
+        set_width(model, None)
         deploy = copy.deepcopy(model).cpu().eval()
         deploy.reparameterize()
         manifest = {
@@ -245,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
                 "graph": "plain (folded) convs" if args.plain else "multi-branch (reparameterised after training)",
                 "init": args.init, "wall_time_min": round(elapsed / 60, 1),
+                "subnets": (f"width-sliced supernet, widths {list(deploy.subnet_widths)}, one width per step "
+                            "drawn with probability proportional to its MACs squared (ARM)")
+                           if getattr(deploy, "subnet_widths", None) else None,
                 "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
                             + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
                 "torch": torch.__version__, "history": history[-20:],
