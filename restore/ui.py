@@ -194,8 +194,11 @@ def file_image(**kwargs) -> gr.Image:
 
 # ----------------------------------------------------------------------------- registry → choices
 
+DEFAULT_RESTORER = "lipt"  # the CLI's default too; the others follow by name
+
+
 def specs() -> list[registry.RestorerSpec]:
-    return registry.all_specs()
+    return sorted(registry.all_specs(), key=lambda s: (s.name != DEFAULT_RESTORER, s.name))
 
 
 def has_weights(spec: registry.RestorerSpec, variant: str, scale: int) -> bool:
@@ -663,15 +666,16 @@ def _picker(prefix: str, state: UIState):
 
 def routing_note(spec: registry.RestorerSpec) -> str:
     if spec.subnets:
-        return (f"Routing sends easy patches to `{spec.subnets[0]}` and hard ones to `{spec.subnets[-1]}`; "
-                "the map overlay shows which patch went where.")
+        return (f"Routing sends easy patches to `{spec.subnets[0]}` and hard ones to `{spec.subnets[-1]}` "
+                f"(tiers: {', '.join(spec.subnets)}); the map overlay shows which patch went where. "
+                "Needs the routing table made by `restore calibrate`.")
     return f"{spec.name} declares no subnets, so routing is off (every patch uses the full network)."
 
 
 def restorer_controls(spec: registry.RestorerSpec, extras: list[str]) -> list:
     """Updates for [routing, overlay, note, *extra boxes] when `spec` is picked."""
     routed = bool(spec.subnets)
-    return [gr.update(interactive=routed, value="balanced" if routed else "off"),
+    return [gr.update(interactive=routed, value="off"),
             gr.update(interactive=routed, value=False),
             gr.update(value=routing_note(spec)),
             *[gr.update(visible=e in spec.extras) for e in extras]]
@@ -691,7 +695,7 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
             name, variant, scale, backend = _picker("img", state)
             with gr.Row():
                 routed = bool(all_specs[0].subnets)
-                routing = gr.Radio(list(ROUTING_LEVELS), value="balanced" if routed else "off",
+                routing = gr.Radio(list(ROUTING_LEVELS), value="off",
                                    label="Routing (quality ↔ speed)", interactive=routed, elem_id="img-routing")
                 overlay = gr.Checkbox(False, label="Show routing map", interactive=routed, elem_id="img-overlay")
             note = gr.Markdown(routing_note(all_specs[0]), elem_classes="note", elem_id="img-routing-note")

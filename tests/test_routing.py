@@ -331,7 +331,8 @@ def calibrated_fsrcnn(tmp_path_factory):
 def test_calibration_table_has_every_subnet_bin_and_cost(calibrated_fsrcnn):
     path, table, _ = calibrated_fsrcnn
     assert table.subnets == ["bicubic", "w16", "w36", "w56"]
-    assert np.shape(table.psnr) == (4, 8) and np.all(np.isfinite(table.psnr))
+    # 12 patches: the 8 bins asked for shrink to 4 (about 20 patches per bin at least)
+    assert np.shape(table.psnr) == (4, 4) and np.all(np.isfinite(table.psnr))
     per_photo = (160 // 2 // 32) * (192 // 2 // 32)  # whole 32 px LR patches of a 160x192 photo at x2
     assert sum(table.counts) == 2 * per_photo == table.info["patches"]
     assert table.cost_ms[0] < table.cost_ms[1] and all(c > 0 for c in table.cost_ms)

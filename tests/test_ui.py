@@ -113,9 +113,27 @@ def test_bad_upload_is_a_one_line_error(client, files, name, message):
     assert str(e.value) == message  # exactly the line the user sees: no traceback, no temp path
 
 
-def test_routing_without_subnets_is_refused_politely(client, files):
-    with pytest.raises(AppError, match="lipt has no subnets to route between"):
-        client.predict(*image_args(files / "photo8.png", routing="fast"), api_name="/restore_image")
+def test_routing_without_subnets_is_refused_politely(files):
+    state = ui.UIState(backend="torch")
+    plain = _FakeRestorer(_fake_spec(subnets=()))
+    with pytest.raises(ui.UserError, match="zzfake has no subnets to route between"):
+        state.run_picture(plain, read_image(files / "photo8.png"), routing="fast")
+
+
+def test_routed_image_comes_back_with_its_routing_map(files, tmp_path):
+    """LIPT routes between bicubic and itself once its table exists (shipped, or made here)."""
+    from restore.api import load_restorer
+    from restore.routing import table_path
+
+    r = load_restorer("lipt", "tiny", 2, backend="torch")
+    if not table_path(r.weights_path).exists():
+        pytest.skip("no routing table shipped for lipt-tiny-x2")
+    state = ui.UIState(backend="torch")
+    res = state.restore_image(str(files / "photo8.png"), "lipt", "tiny", 2, "torch", "fast", True)
+    h, w = read_image(files / "photo8.png").rgb.shape[:2]
+    assert res.picture.rgb.shape[:2] == (2 * h, 2 * w)
+    assert res.picture.routing_map is not None and res.picture.routing_map.shape == (h, w)
+    assert "no routing map" not in res.info
 
 
 def test_missing_weights_is_a_one_line_gr_error(files):
@@ -280,13 +298,15 @@ def test_controls_follow_the_registry(monkeypatch):
     assert isinstance(_by_id(demo, "extra-mask"), gr.ImageMask)
     assert isinstance(_by_id(demo, "extra-strength"), gr.Number)  # unknown extra: generic box
     assert _by_id(demo, "extra-noise_level").visible is False  # lipt (first) declares none
-    assert _by_id(demo, "img-routing").interactive is False
+    assert _by_id(demo, "img-routing").interactive is True  # lipt (first) routes: bicubic or itself
+    assert _by_id(demo, "img-routing").value == "off"
     assert "zzfake/one/1" in [k for _, k in ui.candidate_choices()]
 
     routing, overlay, note, *extras = ui.restorer_controls(spec, ui.extra_names())
     assert routing["interactive"] and overlay["interactive"] and "`small`" in note["value"]
     assert [e["visible"] for e in extras] == [True, True, True]
-    routing, overlay, _, *extras = ui.restorer_controls(registry.get("lipt"), ui.extra_names())
+    plain = _fake_spec(subnets=())
+    routing, overlay, _, *extras = ui.restorer_controls(plain, ui.extra_names())
     assert routing["value"] == "off" and not routing["interactive"] and not any(e["visible"] for e in extras)
 
 

@@ -86,7 +86,7 @@ def _register() -> None:
         tile=512,
         overlap=8,  # reach: 1 + m + 1 = 4 LR pixels
         subnets=("bicubic", "w8", "w16"),
-        route=RouteSpec(score="edge", patch=32, overlap=8),
+        route=RouteSpec(score="edge", patch=32, overlap=4),  # 8 costs 1.4x the patches for 0.007 dB
         train_defaults=dict(patch=48, batch=16, lr=2e-3, steps=20000),
     ))
 

@@ -77,10 +77,11 @@ class Router:
 
     def run(self, rgb: np.ndarray, *, mode: str = "balanced", budget_ms: float | None = None,
             choice: np.ndarray | None = None, blend: str = "feather", patch: int | None = None,
-            overlap: int | None = None) -> tuple[np.ndarray, RouteMap]:
+            overlap: int | None = None, loss_db: float | None = None) -> tuple[np.ndarray, RouteMap]:
         return run_routed(rgb, engines=self.engines(), table=self.table, scale=self.restorer.scale,
                           patch=patch or self.patch, overlap=self.overlap if overlap is None else overlap,
-                          score=self.score, mode=mode, budget_ms=budget_ms, choice=choice, blend=blend)
+                          score=self.score, mode=mode, budget_ms=budget_ms, choice=choice, blend=blend,
+                          loss_db=loss_db)
 
 
 def load_table(restorer) -> RouteTable:

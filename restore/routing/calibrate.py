@@ -56,7 +56,7 @@ def _time_bicubic(lr: np.ndarray, scale: int, n_patches: int, repeats: int = 5) 
 
 
 def calibrate(restorer, photos: list[Path], *, bins: int = 30, max_patches_per_image: int = 64,
-              max_side: int = 1024, seed: int = 0, log=lambda msg: None) -> RouteTable:
+              max_side: int = 2048, seed: int = 0, log=lambda msg: None) -> RouteTable:
     from restore.train.data import load_rgb8
 
     spec, s = restorer.spec, restorer.scale
@@ -96,6 +96,8 @@ def calibrate(restorer, photos: list[Path], *, bins: int = 30, max_patches_per_i
         raise ValueError(f"no usable photos (need images at least {patch * s}px on the short side)")
     score = np.concatenate(scores)
     mse = np.stack([np.concatenate(m) for m in mses])  # (subnets, patches)
+    # ~20 patches per bin at least, or a bin's mean is noise (ARM's 30 bins assume thousands).
+    bins = int(min(bins, max(4, len(score) // 20)))
     edges = np.linspace(score.min(), score.max() + 1e-9, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     which = np.clip(np.digitize(score, edges) - 1, 0, bins - 1)

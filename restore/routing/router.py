@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -76,6 +77,33 @@ class RouteMap:
                          for k, (n, v) in enumerate(self.shares().items()))
 
 
+def _edges(box, h: int, w: int) -> tuple[bool, bool, bool, bool]:
+    y, x, bh, bw = box
+    return (y == 0, y + bh == h, x == 0, x + bw == w)
+
+
+@lru_cache(maxsize=64)
+def _window(bh: int, bw: int, overlap: int, scale: int, edges: tuple, blend: str) -> np.ndarray:
+    if blend == "feather":
+        return blend_window(bh, bw, overlap, scale, edges)
+    if blend == "average":
+        return np.ones((bh * scale, bw * scale), np.float32)
+    raise ValueError(f"unknown blend {blend!r} (feather or average)")
+
+
+@lru_cache(maxsize=16)
+def _weight_sum(h: int, w: int, patch: int, overlap: int, scale: int, blend: str) -> np.ndarray:
+    """Σ of every patch's window over the output: a function of the geometry alone."""
+    total = np.zeros((h * scale, w * scale), np.float32)
+    for box in plan_tiles(h, w, patch, overlap):
+        y, x, bh, bw = box
+        total[y * scale:(y + bh) * scale, x * scale:(x + bw) * scale] += _window(bh, bw, overlap, scale,
+                                                                               _edges(box, h, w), blend)
+    total = np.maximum(total, 1e-12)
+    total.flags.writeable = False  # shared between calls
+    return total
+
+
 def bicubic_upscale(rgb: np.ndarray, scale: int) -> np.ndarray:
     """HxWx3 float32 → bicubic (a = -0.75, like torch/ARM's subnet 0), not clipped."""
     h, w = rgb.shape[:2]
@@ -84,7 +112,8 @@ def bicubic_upscale(rgb: np.ndarray, scale: int) -> np.ndarray:
 
 def run_routed(rgb: np.ndarray, *, engines: list, table: RouteTable, scale: int, patch: int, overlap: int,
                score: str = "edge", mode: str = "balanced", budget_ms: float | None = None,
-               choice: np.ndarray | None = None, batch: int = 64, blend: str = "feather") -> tuple[np.ndarray, RouteMap]:
+               choice: np.ndarray | None = None, batch: int = 64, blend: str = "feather",
+               loss_db: float | None = None) -> tuple[np.ndarray, RouteMap]:
     """Restore HxWx3 float32 [0,1] `rgb` patch by patch. `engines[k]` runs subnet k on an NCHW
     batch (None for bicubic). `choice` forces the subnet of every patch (tests, ARM protocol);
     `blend` = "feather" (raised-cosine overlaps) or "average" (ARM: plain mean of overlaps).
@@ -100,32 +129,19 @@ def run_routed(rgb: np.ndarray, *, engines: list, table: RouteTable, scale: int,
         budget = None
         if budget_ms is not None and any(table.cost_ms[1:]):
             budget = budget_ms - table.overhead_ms * len(boxes)  # what is left for the networks
-        choice = assign(psnr, mse, cost, mode=mode, budget=budget)
+        choice = assign(psnr, mse, cost, mode=mode, budget=budget, loss_db=loss_db)
     choice = np.asarray(choice, np.int64)
     t1 = time.perf_counter()
 
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-    acc = np.zeros((3, h * scale, w * scale), np.float32)
-    wsum = np.zeros((h * scale, w * scale), np.float32)
-    windows: dict = {}
-
-    def add(i: int, out_patch: np.ndarray) -> None:
-        y, x, bh, bw = boxes[i]
-        edges = (y == 0, y + bh == h, x == 0, x + bw == w)
-        win = windows.get(edges)
-        if win is None:
-            win = windows[edges] = (blend_window(bh, bw, overlap, scale, edges) if blend == "feather"
-                                    else np.ones((bh * scale, bw * scale), np.float32))
-        ys, xs = slice(y * scale, (y + bh) * scale), slice(x * scale, (x + bw) * scale)
-        acc[:, ys, xs] += out_patch * win
-        wsum[ys, xs] += win
-
+    # Blending, rearranged so that only network patches cost anything: with W_i the window of
+    # patch i and Σ W_i the (geometry-only, cached) weight sum, the blend Σ W_i·P_i / Σ W_i equals
+    # base + Σ_net W_i·(P_i − base) / Σ W_i when every other patch is the bicubic `base` itself.
+    wsum = _weight_sum(h, w, patch, overlap, scale, blend)
+    base = (bicubic_upscale(rgb, scale) if engines[0] is None
+            else np.zeros((h * scale, w * scale, 3), np.float32))
+    delta = np.zeros_like(base)
     net_s = 0.0
-    if np.any(choice == 0) and engines[0] is None:
-        base = bicubic_upscale(rgb, scale).transpose(2, 0, 1)
-        for i in np.flatnonzero(choice == 0):
-            y, x, bh, bw = boxes[i]
-            add(i, base[:, y * scale:(y + bh) * scale, x * scale:(x + bw) * scale])
     for k, engine in enumerate(engines):
         idx = np.flatnonzero(choice == k)
         if engine is None or idx.size == 0:
@@ -137,8 +153,12 @@ def run_routed(rgb: np.ndarray, *, engines: list, table: RouteTable, scale: int,
             out = engine(crops)
             net_s += time.perf_counter() - ts
             for i, o in zip(part, out):
-                add(i, o)
-    result = np.clip(acc / np.maximum(wsum, 1e-12), 0.0, 1.0).transpose(1, 2, 0)
+                y, x, bh, bw = boxes[i]
+                ys, xs = slice(y * scale, (y + bh) * scale), slice(x * scale, (x + bw) * scale)
+                win = _window(bh, bw, overlap, scale, _edges(boxes[i], h, w), blend)
+                delta[ys, xs] += (o.transpose(1, 2, 0) - base[ys, xs]) * win[..., None]
+    delta /= wsum[..., None]
+    result = np.clip(base + delta, 0.0, 1.0, out=delta)
     t2 = time.perf_counter()
     route = RouteMap(boxes=boxes, choice=choice, scores=scores, subnets=list(table.subnets), scale=scale,
                      input_shape=(h, w),
