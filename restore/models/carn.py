@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks.slimmable import SlimConv2d, set_width
+from .blocks.slimmable import SlimConv2d, Supernet
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -113,7 +113,7 @@ class _UpsampleHolder(nn.Module):
         return self.up(x)
 
 
-class CARN(nn.Module):
+class CARN(Supernet):
     def __init__(self, config: CARNConfig = CARNConfig(), scale: int = 4):
         super().__init__()
         self.config, self.scale = config, scale
@@ -125,13 +125,6 @@ class CARN(nn.Module):
         self.upsample = _UpsampleHolder(nf, scale, g)
         self.exit = _slim(nf, nf, 3, 3, slice_out=False)
 
-    @property
-    def subnet_widths(self) -> tuple[int, ...]:
-        return self.config.widths
-
-    def set_width(self, width: int | None) -> None:
-        set_width(self, width)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N,3,H,W) → (N,3,rH,rW)
         x = self.entry(self.sub_mean(x))
         concat, out = x, x
@@ -139,14 +132,6 @@ class CARN(nn.Module):
             concat = torch.cat([concat, block(out)], dim=1)
             out = cascade(concat)
         return self.add_mean(self.exit(self.upsample(out)))
-
-    def reparameterize(self) -> "CARN":
-        return self  # nothing to fold
-
-    def load_official(self, state: dict) -> None:
-        """Load an ARM-Net CARN-M state dict (e.g. ARM's `arm-carn.pth`)."""
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        self.load_state_dict(state, strict=True)
 
 
 def build(variant: str = "arm", scale: int = 4) -> CARN:

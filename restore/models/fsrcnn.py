@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .blocks.slimmable import SlimConv2d, SlimConvTranspose2d, set_width
+from .blocks.slimmable import SlimConv2d, SlimConvTranspose2d, Supernet
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ VARIANTS = {"arm": FSRCNNConfig()}
 _DECONV_PADDING = {2: (4, 1), 3: (3, 0), 4: (3, 1)}
 
 
-class FSRCNN(nn.Module):
+class FSRCNN(Supernet):
     def __init__(self, config: FSRCNNConfig = FSRCNNConfig(), scale: int = 4):
         super().__init__()
         self.config, self.scale = config, scale
@@ -58,10 +58,6 @@ class FSRCNN(nn.Module):
                                              full_width=d, slice_in=True, slice_out=False)
         self._init_weights()
 
-    @property
-    def subnet_widths(self) -> tuple[int, ...]:
-        return self.config.widths
-
     def _init_weights(self) -> None:
         # ARM's init: Kaiming-normal (fan-in) convs scaled by 0.1, zero biases; the deconv keeps
         # PyTorch's default.
@@ -71,19 +67,8 @@ class FSRCNN(nn.Module):
                 m.weight.data.mul_(0.1)
                 nn.init.zeros_(m.bias)
 
-    def set_width(self, width: int | None) -> None:
-        set_width(self, width)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N,3,H,W) → (N,3,rH,rW)
         return self.tail_conv(self.body_conv(self.head_conv(x)))
-
-    def reparameterize(self) -> "FSRCNN":
-        return self  # nothing to fold
-
-    def load_official(self, state: dict) -> None:
-        """Load an ARM-Net FSRCNN state dict (e.g. ARM's `arm-fsrcnn.pth`)."""
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        self.load_state_dict(state, strict=True)
 
 
 def build(variant: str = "arm", scale: int = 4) -> FSRCNN:

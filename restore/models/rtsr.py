@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks.slimmable import SlimConv2d, set_width
+from .blocks.slimmable import SlimConv2d, Supernet
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class RTSRConfig:
 VARIANTS = {"c16": RTSRConfig()}
 
 
-class RTSR(nn.Module):
+class RTSR(Supernet):
     def __init__(self, config: RTSRConfig = RTSRConfig(), scale: int = 2):
         super().__init__()
         self.config, self.scale = config, scale
@@ -46,13 +46,6 @@ class RTSR(nn.Module):
         nn.init.zeros_(self.tail.weight)  # start as nearest-neighbour upscaling
         nn.init.zeros_(self.tail.bias)
 
-    @property
-    def subnet_widths(self) -> tuple[int, ...]:
-        return self.config.widths
-
-    def set_width(self, width: int | None) -> None:
-        set_width(self, width)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N,3,H,W) in [0,1] → (N,3,rH,rW)
         r = self.scale
         f = F.relu(self.head(x))
@@ -61,9 +54,6 @@ class RTSR(nn.Module):
         # x repeated r² times per channel, shuffled: nearest-neighbour upscaling, as one cheap op.
         skip = self.shuffle(x.repeat_interleave(r * r, dim=1))
         return self.shuffle(self.tail(f)) + skip
-
-    def reparameterize(self) -> "RTSR":
-        return self
 
 
 def build(variant: str = "c16", scale: int = 2) -> RTSR:

@@ -129,3 +129,23 @@ def count_macs(model: nn.Module, width: int | None, hw: tuple[int, int] = (32, 3
         for h in handles:
             h.remove()
     return total
+
+
+class Supernet(nn.Module):
+    """Base of the width-sliced models: `config.widths` are the trained subnet widths."""
+
+    config: object
+
+    @property
+    def subnet_widths(self) -> tuple[int, ...]:
+        return tuple(self.config.widths)
+
+    def set_width(self, width: int | None) -> None:
+        set_width(self, width)
+
+    def reparameterize(self) -> "Supernet":
+        return self  # plain convs: nothing to fold
+
+    def load_official(self, state: dict) -> None:
+        """Load an official (ARM-Net style) state dict; a DataParallel `module.` prefix is dropped."""
+        self.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
