@@ -31,11 +31,13 @@ class Restorer:
     threads: int | None = None
     engines_dir: str | Path | None = None
     last_route: object = None  # RouteMap of the latest routed call
+    task: str = ""  # what the weights restore: "sr", "denoise", "deblur" (set by load_restorer)
+    noise_level: float | None = None  # σ (0–255) hint for restorers that take one; None = blind
     _router: object = None
 
     @property
     def stem(self) -> str:
-        return weights_stem(self.spec.name, self.variant, self.scale, self.spec.task)
+        return weights_stem(self.spec.name, self.variant, self.scale, self.task or self.spec.task)
 
     @property
     def backend(self) -> str:
@@ -59,7 +61,8 @@ class Restorer:
         return True
 
     def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
-                    routing: str | None = None, budget_ms: float | None = None) -> np.ndarray:
+                    routing: str | None = None, budget_ms: float | None = None,
+                    noise_level: float | None = None) -> np.ndarray:
         """HxWx3 float32 [0,1] → (sH)x(sW)x3 float32 [0,1].
 
         `routing` (quality|balanced|fast) or `budget_ms` sends each patch to a subnet of its own
@@ -72,10 +75,11 @@ class Restorer:
             return out
         from restore.pipeline.run import restore_array
 
-        return restore_array(self, rgb, tile=tile, overlap=overlap)
+        return restore_array(self, rgb, tile=tile, overlap=overlap, noise_level=noise_level)
 
     def restore_picture(self, picture, *, tile: int | None = None, overlap: int | None = None,
-                        routing: str | None = None, budget_ms: float | None = None):
+                        routing: str | None = None, budget_ms: float | None = None,
+                        noise_level: float | None = None):
         """A restored Picture; routed runs carry `routing_map` (subnet index per input pixel) and
         `route` (the RouteMap)."""
         from restore.pipeline.run import restore_picture
@@ -83,24 +87,33 @@ class Restorer:
         if self._routed(routing, budget_ms):
             rgb = self.restore_rgb(picture.rgb, routing=routing, budget_ms=budget_ms)
             return restore_picture(self, picture, restored_rgb=rgb, route=self.last_route)
-        return restore_picture(self, picture, tile=tile, overlap=overlap)
+        return restore_picture(self, picture, tile=tile, overlap=overlap, noise_level=noise_level)
 
 
 def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | None = None, *,
                   backend: str = "auto", weights: str | Path | None = None, threads: int | None = None,
                   allow_untrained: bool = False, engines_dir: str | Path | None = None,
-                  routing: str = "off", route_budget_ms: float | None = None) -> Restorer:
+                  routing: str = "off", route_budget_ms: float | None = None, task: str | None = None,
+                  noise_level: float | None = None) -> Restorer:
     """Build the named restorer with its shipped weights on the chosen backend.
 
+    `task` picks the weights of a restorer with several tasks (iptv2: denoise, deblur; sr above
+    scale 1); `noise_level` (σ on the 0–255 scale) is the hint for restorers that take one.
     Raises ValueError / registry.UnknownRestorer / WeightsError with one-line messages.
     `allow_untrained` runs a randomly initialised network (benchmarks and tests only).
     """
     spec = registry.get(name)
     variant = spec.check_variant(variant)
     scale = spec.check_scale(scale or spec.default_scale)
+    task = spec.check_task(task, scale)
+    if noise_level is not None:
+        if "noise_level" not in spec.extras:
+            raise ValueError(f"{name} takes no noise level")
+        if not 0 <= float(noise_level) <= 255:
+            raise ValueError(f"noise level must be in [0, 255] (σ on the 8-bit scale), got {noise_level:g}")
     model = spec.build(variant, scale).eval()
     model.reparameterize()
-    path = Path(weights) if weights else find_weights(spec.name, variant, scale, spec.task)
+    path = Path(weights) if weights else find_weights(spec.name, variant, scale, task)
     manifest: dict = {}
     if path is not None:
         state = load_state(path)
@@ -110,9 +123,11 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
             raise WeightsError(f"{path}: does not fit {name}-{variant} x{scale} ({str(e).splitlines()[0]})") from None
         manifest = read_manifest(path)
     elif not allow_untrained:
-        stem = weights_stem(spec.name, variant, scale, spec.task)
+        stem = weights_stem(spec.name, variant, scale, task)
+        task_arg = f" --task {task}" if len(spec.all_tasks) > 1 else ""
         raise WeightsError(f"no trained weights for {stem} (train them with "
-                           f"`restore train --model {name} --variant {variant} --scale {scale} --data PHOTOS`)")
+                           f"`restore train --model {name} --variant {variant} --scale {scale}{task_arg} "
+                           "--data PHOTOS`)")
     from restore.backends import make_engine
 
     sha = manifest.get("sha256") or ("untrained" if path is None else path.name)
@@ -120,7 +135,7 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
                          weights_sha256=sha, threads=threads, engines_dir=engines_dir)
     restorer = Restorer(spec, variant, scale, model, engine, path, manifest, routing=routing,
                         route_budget_ms=route_budget_ms, backend_request=backend, threads=threads,
-                        engines_dir=engines_dir)
+                        engines_dir=engines_dir, task=task, noise_level=noise_level)
     if routing != "off" or route_budget_ms is not None:
         restorer._routed(routing, route_budget_ms)  # one-line error now for a restorer without subnets
         from restore.routing.decide import MODES

@@ -209,12 +209,16 @@ def run_bench(model: str = "lipt", variant: str | None = None, scale: int | None
     net = restorer.model.to("cpu")
     sha = restorer.manifest.get("sha256") or "untrained"
     frame = _synthetic_frame(h, w)
+    rgb_frame = frame
+    in_channels = int(getattr(net, "in_channels", 3))
+    if in_channels == 4:  # a noise-level hint plane, "unknown" (blind), as the pipeline adds it
+        frame = np.concatenate([frame, np.full_like(frame[:, :1], net.hint_value(None))], axis=1)
     cuda = torch.cuda.is_available()
 
     _say("exporting / loading the ONNX graph ...", quiet)
     onnx_path = get_or_export_onnx(net, model_name=spec.name, variant=restorer.variant, scale=s,
                                    weights_sha256=sha, root=engines_dir)
-    flops = count_flops(onnx_path, (1, 3, h, w))
+    flops = count_flops(onnx_path, (1, in_channels, h, w))
     gflop = flops.gflop if not flops.unresolved else None
 
     wanted = ["onnxruntime", "torch"] + (["torch-cuda"] if cuda else []) + ["tensorrt"]
@@ -253,7 +257,7 @@ def run_bench(model: str = "lipt", variant: str | None = None, scale: int | None
 
     from restore.resize import imresize
 
-    hwc = np.ascontiguousarray(frame[0].transpose(1, 2, 0))
+    hwc = np.ascontiguousarray(rgb_frame[0].transpose(1, 2, 0))
     floors = [Row("bicubic-cv2", "bicubic (OpenCV INTER_CUBIC)"), Row("bicubic-matlab", "bicubic (MATLAB imresize)")]
     floor_fns = {"bicubic-cv2": lambda: cv2.resize(hwc, (w * s, h * s), interpolation=cv2.INTER_CUBIC),
                  "bicubic-matlab": lambda: imresize(hwc, float(s))}

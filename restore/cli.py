@@ -39,7 +39,11 @@ class CliError(Exception):
 def _add_model_args(p: argparse.ArgumentParser, scale_default: int | None = None) -> None:
     p.add_argument("--model", default="lipt", help="restorer (see `restore models`; default: lipt)")
     p.add_argument("--variant", help="model variant, e.g. tiny or small (default: the restorer's default)")
-    p.add_argument("--scale", type=int, default=scale_default, help="upscaling factor for SR restorers (default: 2)")
+    p.add_argument("--scale", type=int, default=scale_default,
+                   help="upscaling factor (default: the restorer's: 2 for SR restorers, 1 for iptv2)")
+    p.add_argument("--task", choices=["denoise", "deblur", "sr"],
+                   help="for restorers with several tasks (iptv2): denoise (default), deblur, or sr "
+                        "(with --scale 2 or 4)")
 
 
 def _add_route_args(p: argparse.ArgumentParser, save_map: bool = False) -> None:
@@ -88,15 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video encoder (default: libx264, else mpeg4; e.g. libx265, libvpx-vp9)")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted videos from their last finished segment")
+    p.add_argument("--noise-level", type=float, default=None, metavar="SIGMA",
+                   help="denoising: the noise level of the input as σ on the 0-255 scale, if you know it "
+                        "(default: blind, the network judges it)")
     _add_route_args(p, save_map=True)
     p.add_argument("--dry-run", action="store_true", help="list what would be written, do nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per file")
 
-    p = sub.add_parser("eval", help="PSNR/SSIM of a restorer against bicubic on a folder of HR images",
-                       description="Evaluate SR quality with the standard protocol: HR cropped to a multiple of "
-                                   "the scale, LR by MATLAB bicubic (antialiased), PSNR/SSIM on Y (BT.601) with "
-                                   "a border of `scale` pixels cropped. Bicubic upscaling is reported beside it.")
+    p = sub.add_parser("eval", help="PSNR/SSIM of a restorer on folders of clean images (standard protocols)",
+                       description="Evaluate with the standard protocols. SR: HR cropped to a multiple of the "
+                                   "scale, LR by MATLAB bicubic (antialiased), PSNR/SSIM on Y (BT.601) with a "
+                                   "border of `scale` pixels cropped; bicubic upscaling beside it. Denoise "
+                                   "(--task denoise): clean + Gaussian noise of each --sigma (seeded, unclipped), "
+                                   "RGB PSNR/SSIM of the 8-bit result; the noisy input beside it. Deblur "
+                                   "(--task deblur): image i blurred with committed motion kernel i mod 8, "
+                                   "σ=1 noise, 8-bit; RGB PSNR/SSIM; the blurred input and Richardson-Lucy "
+                                   "with the true kernel beside it.",
+                       epilog="examples:\n  restore eval ../shared/data/eval/Set5 --model lipt --scale 4\n"
+                              "  restore eval CBSD68 --model iptv2 --task denoise --sigma 25 50\n"
+                              "  restore eval Set14 CBSD68 --model iptv2 --task deblur",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", metavar="DIR", help="folders of HR images (e.g. Set5)")
     _add_model_args(p)
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
@@ -104,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=0, help="tile size (default: 0 = whole image)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--record", action="store_true", help="store the mean scores in the weights' manifest")
+    p.add_argument("--sigma", type=float, nargs="+", default=[25.0, 50.0],
+                   help="denoise: noise levels to test, σ on the 0-255 scale (default: 25 50)")
+    p.add_argument("--known-sigma", action="store_true",
+                   help="denoise: give the network the true σ as its noise-level hint (default: blind)")
     _add_route_args(p)
     p.add_argument("--json", action="store_true", help="print per-image and mean scores as JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per image")
@@ -174,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference engine (default: auto = ONNX Runtime on CPU)")
     p.add_argument("--weights", help="a .safetensors file to use instead of the shipped weights")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--noise-level", type=float, default=None, metavar="SIGMA",
+                   help="denoising: the noise level of the input as σ on the 0-255 scale, if you know it "
+                        "(default: blind, the network judges it)")
     _add_route_args(p)
     p.add_argument("--crf", type=int, default=20, help="recording quality, lower is better (default: 20)")
     p.add_argument("--codec", default=None, help="recording encoder (default: libx264, else mpeg4)")
@@ -361,7 +384,8 @@ def _load(args):
     return load_restorer(args.model, args.variant, args.scale, backend=getattr(args, "backend", "auto"),
                          weights=args.weights, threads=getattr(args, "threads", None),
                          routing=getattr(args, "route", None) or "off",
-                         route_budget_ms=getattr(args, "route_budget", None))
+                         route_budget_ms=getattr(args, "route_budget", None), task=args.task,
+                         noise_level=getattr(args, "noise_level", None))
 
 
 # ----------------------------------------------------------------------------------------- eval
@@ -378,8 +402,10 @@ def cmd_eval(args) -> int:
     routed = args.route != "off" or args.route_budget is not None
     if routed and args.record:
         raise CliError("--record stores the full network's scores; run it without --route")
-    if restorer.spec.task != "sr":
-        raise CliError(f"{args.model}: `restore eval` measures SR restorers; {restorer.spec.task} is not SR yet")
+    if restorer.task != "sr":
+        if routed:
+            raise CliError("--route applies to SR restorers with subnets")
+        return _eval_same_size(args, restorer)
     s = restorer.scale
     to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
     report, status = {}, EXIT_OK
@@ -444,6 +470,93 @@ def cmd_eval(args) -> int:
     return status
 
 
+def _eval_same_size(args, restorer) -> int:
+    """Denoising / deblurring protocols (see `restore eval --help`)."""
+    import numpy as np
+
+    from restore import degrade
+    from restore.io.images import ImageError, is_image_path, read_image
+    from restore.metrics import psnr, ssim
+    from restore.weights import read_manifest, write_manifest
+
+    task = restorer.task
+    to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    f64 = lambda x8: x8.astype(np.float64) / 255
+    if task == "denoise":
+        if any(not 0 <= s <= 255 for s in args.sigma):
+            raise CliError("--sigma values must be in [0, 255]")
+        conditions = [(f"sigma{s:g}", s) for s in args.sigma]
+        baseline = "noisy"
+    else:
+        kernels = degrade.eval_kernels()
+        conditions = [("motion", None)]
+        baseline = "blurred"
+    report, status = {}, EXIT_OK
+    for folder in args.folders:
+        root = Path(folder)
+        if not root.is_dir():
+            _err(f"{folder}: not a folder")
+            status = EXIT_SOME_FAILED
+            continue
+        paths = sorted(p for p in root.iterdir() if is_image_path(p))
+        for label, sigma in conditions:
+            rows = []
+            for i, path in enumerate(paths):
+                try:
+                    clean8 = to8(read_image(path).rgb)
+                except ImageError as e:
+                    _err(str(e))
+                    status = EXIT_SOME_FAILED
+                    continue
+                clean = clean8.astype(np.float32) / 255
+                row = {"image": path.name}
+                if task == "denoise":
+                    degraded = degrade.noisy_image(clean, sigma, seed=i)
+                    hint = sigma if args.known_sigma else None
+                else:
+                    k = kernels[i % len(kernels)]
+                    degraded = degrade.blurred_image(clean, k, seed=i)
+                    hint = degrade.DEBLUR_EVAL_NOISE if args.known_sigma else None
+                    rl8 = to8(degrade.richardson_lucy(degraded, k))
+                    row["rl_psnr"] = round(psnr(f64(rl8), f64(clean8), border=0, y_channel=False), 4)
+                out8 = to8(restorer.restore_rgb(degraded, tile=args.tile, noise_level=hint))
+                deg8 = to8(degraded)
+                row.update({
+                    "psnr": round(psnr(f64(out8), f64(clean8), border=0, y_channel=False), 4),
+                    "ssim": round(ssim(f64(out8), f64(clean8), border=0, y_channel=False), 5),
+                    f"{baseline}_psnr": round(psnr(f64(deg8), f64(clean8), border=0, y_channel=False), 4)})
+                rows.append(row)
+                if args.verbose:
+                    extra = f", RL {row['rl_psnr']:.3f}" if "rl_psnr" in row else ""
+                    print(f"  {path.name:24s} {row['psnr']:7.3f} dB  {row['ssim']:.4f}  "
+                          f"({baseline} {row[baseline + '_psnr']:.3f}{extra})")
+            if not rows:
+                continue
+            keys = [k for k in rows[0] if k != "image"]
+            mean = {k: round(float(np.mean([r[k] for r in rows])), 5 if "ssim" in k else 4) for k in keys}
+            report[f"{root.name}/{label}"] = {"images": len(rows), **mean, "per_image": rows}
+            if not args.json:
+                extra = f"   Richardson-Lucy (true kernel) {mean['rl_psnr']:.2f} dB" if "rl_psnr" in mean else ""
+                print(f"{root.name:8s} {restorer.stem} {label}: PSNR {mean['psnr']:.2f} dB SSIM {mean['ssim']:.4f}   "
+                      f"{baseline} {mean[baseline + '_psnr']:.2f} dB{extra}   ({len(rows)} images, RGB, "
+                      f"{'known σ' if args.known_sigma else 'blind'})")
+    if args.record and report:
+        if restorer.weights_path is None:
+            raise CliError("--record needs shipped weights or --weights")
+        manifest = read_manifest(restorer.weights_path)
+        scores = manifest.setdefault("scores", {})
+        for name, r in report.items():
+            scores[name] = {k: v for k, v in r.items() if k != "per_image"}
+            scores[name]["protocol"] = (
+                f"RGB, border 0, 8-bit output; {'known' if args.known_sigma else 'blind'} noise level; "
+                + ("clean + N(0, sigma/255) seeded per image, unclipped" if task == "denoise" else
+                   "committed motion kernel i mod 8, reflect borders, sigma 1 noise, 8-bit; RL: 30 iterations"))
+        write_manifest(restorer.weights_path, manifest)
+    if args.json:
+        print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend, "sets": report}, indent=2))
+    return status
+
+
 # ------------------------------------------------------------------------------- export, models
 
 def cmd_export(args) -> int:
@@ -451,7 +564,8 @@ def cmd_export(args) -> int:
     from restore.backends.cache import get_or_export_onnx
     from restore.backends.export import export_onnx
 
-    restorer = load_restorer(args.model, args.variant, args.scale, backend="torch", weights=args.weights)
+    restorer = load_restorer(args.model, args.variant, args.scale, backend="torch", weights=args.weights,
+                             task=args.task)
     if args.output:
         out = Path(args.output)
         if out.exists():
@@ -474,10 +588,12 @@ def cmd_models(args) -> int:
     out = []
     for spec in registry.all_specs():
         mine = [(p, m) for p, m in weights if m.get("restorer") == spec.name]
-        out.append({"name": spec.name, "task": spec.task, "summary": spec.summary, "paper": spec.paper,
+        out.append({"name": spec.name, "task": spec.task, "tasks": list(spec.all_tasks),
+                    "summary": spec.summary, "paper": spec.paper,
                     "variants": list(spec.variants), "scales": list(spec.scales), "extras": list(spec.extras),
                     "subnets": list(spec.subnets),
                     "weights": [{"file": p.name, "variant": m.get("variant"), "scale": m.get("scale"),
+                                 "task": m.get("task"),
                                  "parameters": m.get("parameters"), "scores": m.get("scores", {}),
                                  "route_table": table_path(p).exists()} for p, m in mine]})
     if args.json:
@@ -485,7 +601,7 @@ def cmd_models(args) -> int:
         return EXIT_OK
     for r in out:
         scales = ", ".join(f"x{s}" for s in r["scales"])
-        print(f"{r['name']:8s} {r['task']:5s} {r['summary']}")
+        print(f"{r['name']:8s} {'/'.join(r['tasks']):5s} {r['summary']}")
         print(f"         variants: {', '.join(r['variants'])}   scales: {scales}")
         print(f"         paper: {r['paper']}")
         if r["subnets"]:
@@ -494,8 +610,9 @@ def cmd_models(args) -> int:
             if w["file"] is None:
                 print("         weights: none shipped")
                 continue
-            scores = "  ".join(f"{k} {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
-                               for k, v in w["scores"].items() if "psnr" in v)
+            base = lambda v: next((f" ({k[:-5]} {v[k]:.2f})" for k in ("bicubic_psnr", "noisy_psnr", "blurred_psnr")
+                                   if k in v), "")
+            scores = "  ".join(f"{k} {v['psnr']:.2f} dB{base(v)}" for k, v in w["scores"].items() if "psnr" in v)
             table = "  (routing table)" if w["route_table"] else ""
             print(f"         weights: {w['file']}  {w['parameters'] / 1e6:.3f} M params  {scores}{table}")
     return EXIT_OK

@@ -46,6 +46,22 @@ class RestorerSpec:
     subnets: tuple[str, ...] = ()  # subnets for patch routing, cheapest first ("bicubic", "w16", ...)
     route: RouteSpec | None = None  # set when subnets are declared
     train_defaults: dict = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()  # every task the restorer has weights for (default: just `task`)
+
+    @property
+    def all_tasks(self) -> tuple[str, ...]:
+        return self.tasks or (self.task,)
+
+    def check_task(self, task: str | None, scale: int) -> str:
+        """The task a run does: `task` if given, else "sr" above scale 1, else the default."""
+        if task is None:
+            return "sr" if scale > 1 and "sr" in self.all_tasks else self.task
+        if task not in self.all_tasks:
+            raise ValueError(f"{self.name} has no task {task!r} (choose from {', '.join(self.all_tasks)})")
+        if (task == "sr") != (scale > 1):
+            raise ValueError(f"{self.name}: task {task} " + ("needs --scale 2 or more" if task == "sr"
+                                                             else "is same-size (use --scale 1)"))
+        return task
 
     def check_scale(self, scale: int) -> int:
         if scale not in self.scales:

@@ -52,8 +52,9 @@ LIVE_TIME_LIMIT = 600  # seconds one webcam stream may run before the browser mu
 # Extra inputs a restorer may declare (RestorerSpec.extras) -> how the UI asks for them.
 # An extra not listed here still gets a generic number box, so a new restorer is usable at once.
 EXTRA_CONTROLS = {
-    "noise_level": lambda **kw: gr.Slider(0, 75, value=25, step=1, label="Noise level σ (0–255 scale)",
-                                          info="how strong the noise in the photo is", **kw),
+    "noise_level": lambda **kw: gr.Slider(0, 75, value=0, step=1, label="Noise level σ (0–255 scale)",
+                                          info="how strong the noise in the photo is, if you know it "
+                                               "(0 = let the network judge)", **kw),
     "mask": lambda **kw: gr.ImageMask(label="Mask: paint the area to restore", type="numpy",
                                       sources=["upload", "clipboard"], layers=False, **kw),
 }
@@ -201,33 +202,65 @@ def specs() -> list[registry.RestorerSpec]:
     return sorted(registry.all_specs(), key=lambda s: (s.name != DEFAULT_RESTORER, s.name))
 
 
-def has_weights(spec: registry.RestorerSpec, variant: str, scale: int) -> bool:
-    return find_weights(spec.name, variant, scale, spec.task) is not None
+def picker_tasks(spec: registry.RestorerSpec) -> list[str]:
+    """The tasks offered in the restorer picker: all of a restorer's same-size tasks, or "sr" for
+    an SR restorer (a multi-task restorer's SR head is reached with the CLI's --task sr)."""
+    same_size = [t for t in spec.all_tasks if t != "sr"]
+    return same_size if spec.task != "sr" else ["sr"]
+
+
+def choice_value(spec: registry.RestorerSpec, task: str) -> str:
+    """The picker's value for a restorer and task: "iptv2" (its default task) or "iptv2:deblur"."""
+    return spec.name if task == spec.task else f"{spec.name}:{task}"
+
+
+def parse_choice(value: str) -> tuple[registry.RestorerSpec, str]:
+    name, _, task = str(value).partition(":")
+    spec = registry.get(name)
+    task = task or spec.task
+    if task not in spec.all_tasks:
+        raise UserError(f"{spec.name} has no task {task!r}")
+    return spec, task
+
+
+def has_weights(spec: registry.RestorerSpec, variant: str, scale: int, task: str | None = None) -> bool:
+    try:
+        task = spec.check_task(task, scale)
+    except ValueError:
+        return False
+    return find_weights(spec.name, variant, scale, task) is not None
 
 
 def restorer_choices() -> list[tuple[str, str]]:
-    return [(f"{s.name} — {s.task}: {s.summary}", s.name) for s in specs()]
+    return [(f"{s.name} — {t}: {s.summary}", choice_value(s, t)) for s in specs() for t in picker_tasks(s)]
 
 
-def variant_choices(spec: registry.RestorerSpec) -> list[tuple[str, str]]:
+def task_scales(spec: registry.RestorerSpec, task: str | None = None) -> list[int]:
+    task = task or spec.task
+    return [s for s in spec.scales if (s > 1) == (task == "sr")] or [spec.default_scale]
+
+
+def variant_choices(spec: registry.RestorerSpec, task: str | None = None) -> list[tuple[str, str]]:
     out = []
     for v in spec.variants:
-        trained = any(has_weights(spec, v, s) for s in spec.scales)
+        trained = any(has_weights(spec, v, s, task) for s in task_scales(spec, task))
         out.append((v if trained else f"{v} (no weights yet)", v))
     return out
 
 
-def scale_choices(spec: registry.RestorerSpec, variant: str) -> list[tuple[str, int]]:
-    if spec.task != "sr":
-        return [("1× (same size)", s) for s in spec.scales]
-    return [(f"×{s}" if has_weights(spec, variant, s) else f"×{s} (no weights yet)", s) for s in spec.scales]
+def scale_choices(spec: registry.RestorerSpec, variant: str, task: str | None = None) -> list[tuple[str, int]]:
+    if (task or spec.task) != "sr":
+        return [("1× (same size)", s) for s in task_scales(spec, task)]
+    return [(f"×{s}" if has_weights(spec, variant, s) else f"×{s} (no weights yet)", s)
+            for s in task_scales(spec, task)]
 
 
-def default_scale(spec: registry.RestorerSpec, variant: str) -> int:
-    if has_weights(spec, variant, spec.default_scale):
+def default_scale(spec: registry.RestorerSpec, variant: str, task: str | None = None) -> int:
+    scales = task_scales(spec, task)
+    if spec.default_scale in scales and has_weights(spec, variant, spec.default_scale, task):
         return spec.default_scale
-    trained = [s for s in spec.scales if has_weights(spec, variant, s)]
-    return trained[0] if trained else spec.default_scale
+    trained = [s for s in scales if has_weights(spec, variant, s, task)]
+    return trained[0] if trained else scales[0]
 
 
 def candidate_key(name: str, variant: str, scale: int) -> str:
@@ -245,10 +278,12 @@ def parse_candidate(key: str) -> tuple[str, str, int]:
 def candidate_choices() -> list[tuple[str, str]]:
     out = []
     for spec in specs():
-        for v in spec.variants:
-            for s in spec.scales:
-                label = f"{spec.name} · {v} · ×{s}" + ("" if has_weights(spec, v, s) else " (no weights)")
-                out.append((label, candidate_key(spec.name, v, s)))
+        for task in picker_tasks(spec):
+            shown = spec.name if task == "sr" else f"{spec.name} {task}"
+            for v in spec.variants:
+                for s in task_scales(spec, task):
+                    label = f"{shown} · {v} · ×{s}" + ("" if has_weights(spec, v, s, task) else " (no weights)")
+                    out.append((label, candidate_key(choice_value(spec, task), v, s)))
     return out
 
 
@@ -323,11 +358,11 @@ class UIState:
         """(Restorer, seconds spent loading: 0 when cached), keyed by (name, variant, scale, backend)."""
         from restore.api import load_restorer
 
-        spec = registry.get(name)
+        spec, task = parse_choice(name)
         variant = spec.check_variant(variant or None)
-        scale = spec.check_scale(int(scale) if scale not in (None, "") else spec.default_scale)
+        scale = spec.check_scale(int(scale) if scale not in (None, "") else task_scales(spec, task)[0])
         backend = backend or self.backend
-        key = (spec.name, variant, scale, backend)
+        key = (choice_value(spec, task), variant, scale, backend)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -339,7 +374,7 @@ class UIState:
                     return self._cache[key], 0.0
             t0 = time.perf_counter()
             r = load_restorer(spec.name, variant, scale, backend=backend, threads=self.threads,
-                              allow_untrained=self.allow_untrained, engines_dir=self.engines_dir)
+                              allow_untrained=self.allow_untrained, engines_dir=self.engines_dir, task=task)
             with self._lock:
                 self._cache[key] = r
                 self._loading.pop(key, None)
@@ -382,6 +417,8 @@ class UIState:
             value = (extras or {}).get(name)
             if name == "mask":
                 value = _mask_from_editor(value, picture.rgb.shape[:2])
+            if name == "noise_level" and value is not None and float(value) <= 0:
+                value = None  # 0 on the slider means "let the network judge" (blind)
             if value is None:
                 continue
             if not _accepts(restorer.restore_picture, name):
@@ -643,21 +680,21 @@ def _picker(prefix: str, state: UIState):
                            elem_id=f"{prefix}-restorer")
         variant = gr.Dropdown(variant_choices(first), value=v0, label="Variant", elem_id=f"{prefix}-variant")
         scale = gr.Dropdown(scale_choices(first, v0), value=default_scale(first, v0), label="Scale",
-                            interactive=len(first.scales) > 1, elem_id=f"{prefix}-scale")
+                            interactive=len(task_scales(first)) > 1, elem_id=f"{prefix}-scale")
         backend = gr.Dropdown(list(BACKENDS), value=state.backend, label="Backend",
                               info="auto = ONNX Runtime on CPU", elem_id=f"{prefix}-backend")
 
     def on_name(n):
-        spec = registry.get(n)
+        spec, task = parse_choice(n)
         v = spec.default_variant
-        return (gr.Dropdown(choices=variant_choices(spec), value=v),
-                gr.Dropdown(choices=scale_choices(spec, v), value=default_scale(spec, v),
-                            interactive=len(spec.scales) > 1))
+        return (gr.Dropdown(choices=variant_choices(spec, task), value=v),
+                gr.Dropdown(choices=scale_choices(spec, v, task), value=default_scale(spec, v, task),
+                            interactive=len(task_scales(spec, task)) > 1))
 
     def on_variant(n, v):
-        spec = registry.get(n)
-        return gr.Dropdown(choices=scale_choices(spec, v), value=default_scale(spec, v),
-                           interactive=len(spec.scales) > 1)
+        spec, task = parse_choice(n)
+        return gr.Dropdown(choices=scale_choices(spec, v, task), value=default_scale(spec, v, task),
+                           interactive=len(task_scales(spec, task)) > 1)
 
     name.change(on_name, name, [variant, scale], api_visibility="private", queue=False)
     variant.input(on_variant, [name, variant], scale, api_visibility="private", queue=False)
@@ -719,7 +756,7 @@ def build_demo(state: UIState | None = None, **settings) -> gr.Blocks:
                     img_info = gr.Markdown(label="details", elem_id="img-info")
 
             def on_restorer(n):
-                return restorer_controls(registry.get(n), extras)
+                return restorer_controls(parse_choice(n)[0], extras)
 
             name.change(on_restorer, name, [routing, overlay, note, *extra_boxes],
                         api_visibility="private", queue=False)

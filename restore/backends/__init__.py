@@ -1,4 +1,6 @@
-"""Inference engines behind one callable interface: (N,3,h,w) float32 -> (N,3,s*h,s*w) float32.
+"""Inference engines behind one callable interface: (N,C,h,w) float32 -> (N,3,s*h,s*w) float32.
+
+C is the model's `in_channels`: 3 (RGB), or 4 for restorers that take a noise-level hint plane.
 
 Heavy imports (torch, onnx, onnxruntime) happen inside functions so `import restore` stays fast.
 """
@@ -90,10 +92,11 @@ def _spec_hints(name: str, model) -> dict:
         from restore import registry
 
         spec = registry.get(name)
-        return dict(tile=spec.tile, size_multiple=spec.size_multiple, min_size=spec.min_size, overlap=spec.overlap)
+        hints = dict(tile=spec.tile, size_multiple=spec.size_multiple, min_size=spec.min_size, overlap=spec.overlap)
     except Exception:  # noqa: BLE001 - an unregistered model (tests, experiments)
         m = int(getattr(model, "size_multiple", getattr(model, "multiple", 1)) or 1)
-        return dict(tile=256, size_multiple=m, min_size=m, overlap=16)
+        hints = dict(tile=256, size_multiple=m, min_size=m, overlap=16)
+    return {**hints, "channels": int(getattr(model, "in_channels", 3))}
 
 
 def _make_trt(model, key: dict, precision, fallback, wait):

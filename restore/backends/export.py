@@ -72,7 +72,7 @@ def _check_numerics(model, path: Path, example_hw: tuple[int, int]) -> None:
     except ImportError:  # nothing to run it with; the structural check has to do
         return
     h, w = (max(9, s - 13 + 2 * i) for i, s in enumerate(example_hw))  # 64x64 -> 51x53
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, getattr(model, "in_channels", 3), h, w, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = model(x).float().numpy()
     opts = ort.SessionOptions()
@@ -98,9 +98,12 @@ def export_onnx(model: torch.nn.Module, path, *, opset: int = 18, example_hw: tu
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = torch.rand(2, 3, *example_hw, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, getattr(model, "in_channels", 3), *example_hw, generator=torch.Generator().manual_seed(0))
     errors = []
-    for label, exporter in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+    exporters = [("dynamo", _export_dynamo), ("legacy", _export_legacy)]
+    if getattr(model, "onnx_exporter", "dynamo") == "legacy":  # a model may know dynamo is slow for it
+        exporters.reverse()
+    for label, exporter in exporters:
         # Own scratch dir next to the target: swallows any sidecar .data files, and keeps the
         # final os.replace on the same filesystem (atomic).
         scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))

@@ -123,7 +123,7 @@ def fp16_bad_tiles(inp: np.ndarray, out: np.ndarray, black: float = 0.5 / 255) -
     """
     n = out.shape[0]
     o = out.reshape(n, -1)
-    i = inp.reshape(inp.shape[0], -1)
+    i = inp[:, :3].reshape(inp.shape[0], -1)  # colour only: extra planes (a noise hint) may be negative
     nonfinite = ~np.isfinite(o).all(axis=1)
     with np.errstate(invalid="ignore"):
         out_black = (o <= black).all(axis=1)
@@ -267,7 +267,8 @@ def _torch_dtype(trt, dt):
 
 
 class TrtEngine:
-    """A deserialised plan: (N,3,h,w) float32 numpy → (N,3,s*h,s*w) float32 numpy, any h, w, N."""
+    """A deserialised plan: (N,C,h,w) float32 numpy → (N,3,s*h,s*w) float32 numpy, any h, w, N
+    (C = 3, or 4 with a noise-level hint plane)."""
 
     name = "tensorrt"
 
@@ -378,7 +379,8 @@ class TrtEngine:
 
         tile = min(hmax, wmax)
         return np.stack([run_tiled(self._fitting, img, scale=self.scale, tile=tile, overlap=self.overlap,
-                                   batch=self.profile.max_batch, align=self.size_multiple) for img in x])
+                                   batch=self.profile.max_batch, align=self.size_multiple, out_channels=3)
+                         for img in x])
 
     def release_memory(self) -> None:
         self._torch.cuda.empty_cache()
@@ -453,7 +455,7 @@ def resolve_plan(plan: Path) -> str:
 def make_trt_engine(onnx_path, *, stem: str, scale: int, tile: int, size_multiple: int = 1, min_size: int = 1,
                     overlap: int = 16, precision: str | None = None, engines_dir=None, fallback=None,
                     wait: bool = False, max_batch: int = 4, workspace_mb: int = 0, opt_level: int = 3,
-                    progress: bool = True):
+                    progress: bool = True, channels: int = 3):
     """A TensorRT engine for an exported graph, loading a cached plan or building one.
 
     With `fallback` (and not `wait`) a missing plan gives a SwitchingEngine at once; otherwise
@@ -464,7 +466,7 @@ def make_trt_engine(onnx_path, *, stem: str, scale: int, tile: int, size_multipl
     onnx_path = Path(onnx_path)
     onnx_sha = trt_cache.sha256_file(onnx_path)
     prec = trt_cache.choose_precision(precision, stem, onnx_sha, engines_dir)
-    profile = trt_cache.choose_profile(tile, size_multiple, min_size, max_batch)
+    profile = trt_cache.choose_profile(tile, size_multiple, min_size, max_batch, channels)
     gpu, cc = gpu_identity()
     spec = trt_cache.BuildSpec(onnx_sha, prec, profile, trt.__version__, gpu, cc, workspace_mb, opt_level)
     plan = trt_cache.plan_path(stem, spec, engines_dir)
@@ -474,7 +476,7 @@ def make_trt_engine(onnx_path, *, stem: str, scale: int, tile: int, size_multipl
         fp32_redo = _LazyEngine(lambda: make_trt_engine(
             onnx_path, stem=stem, scale=scale, tile=tile, size_multiple=size_multiple, min_size=min_size,
             overlap=overlap, precision="fp32", engines_dir=engines_dir, wait=True, max_batch=max_batch,
-            workspace_mb=workspace_mb, opt_level=opt_level, progress=progress))
+            workspace_mb=workspace_mb, opt_level=opt_level, progress=progress, channels=channels))
 
     def on_fp16_failure(reason: str) -> None:
         trt_cache.mark_fp32_only(stem, onnx_sha, reason, engines_dir)

@@ -125,7 +125,7 @@ def discard(path) -> None:
 
 @dataclass(frozen=True)
 class Profile:
-    """One TensorRT optimisation profile for the (N, 3, H, W) input: min/opt/max shapes."""
+    """One TensorRT optimisation profile for the (N, C, H, W) input: min/opt/max shapes."""
     min: tuple[int, int, int, int]
     opt: tuple[int, int, int, int]
     max: tuple[int, int, int, int]

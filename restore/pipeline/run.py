@@ -12,11 +12,19 @@ from restore.pipeline.tiling import run_tiled
 from restore.resize import imresize
 
 
-def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-    """HxWx3 float32 in [0,1] → restored HxWx3 (times the scale), clipped to [0,1]."""
+def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
+                  noise_level: float | None = None) -> np.ndarray:
+    """HxWx3 float32 in [0,1] → restored HxWx3 (times the scale), clipped to [0,1].
+
+    Networks with a noise-level hint plane (in_channels 4) get it here: `noise_level` (σ on the
+    0–255 scale), else the restorer's default, else "unknown" (blind)."""
     spec, s = restorer.spec, restorer.scale
     h, w = rgb.shape[:2]
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    if getattr(restorer.model, "in_channels", 3) == 4:
+        level = noise_level if noise_level is not None else getattr(restorer, "noise_level", None)
+        plane = np.full((1, h, w), restorer.model.hint_value(level), np.float32)
+        chw = np.concatenate([chw, plane])
     # Networks have a smallest input (reflect padding to the window); edge-pad tiny images.
     ph, pw = max(0, spec.min_size - h), max(0, spec.min_size - w)
     if ph or pw:
@@ -35,16 +43,17 @@ def restore_array(restorer, rgb: np.ndarray, *, tile: int | None = None, overlap
     if tile is not None:
         tile = max(tile, spec.min_size)
     out = run_tiled(restorer.engine, chw, scale=s, tile=tile, overlap=overlap, align=m,
-                    min_tile=max(16, spec.min_size))  # out-of-memory back-off stays on the grid
+                    min_tile=max(16, spec.min_size), out_channels=3)  # out-of-memory back-off stays on the grid
     out = out[:, : h * s, : w * s]
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
 
 
 def restore_picture(restorer, picture: Picture, *, tile: int | None = None, overlap: int | None = None,
-                    restored_rgb: np.ndarray | None = None, route=None) -> Picture:
+                    restored_rgb: np.ndarray | None = None, route=None, noise_level: float | None = None) -> Picture:
     """`restored_rgb` (already restored colour, e.g. by the router) skips the network;
     `route` (a RouteMap) is attached as `route` and as a per-pixel `routing_map`."""
-    rgb = restore_array(restorer, picture.rgb, tile=tile, overlap=overlap) if restored_rgb is None else restored_rgb
+    rgb = (restore_array(restorer, picture.rgb, tile=tile, overlap=overlap, noise_level=noise_level)
+           if restored_rgb is None else restored_rgb)
     alpha = picture.alpha
     if alpha is not None and restorer.scale != 1:
         alpha = np.clip(imresize(alpha.astype(np.float32), size=rgb.shape[:2]), 0.0, 1.0)

@@ -132,15 +132,19 @@ def blend_window(h: int, w: int, overlap: int, scale: int, edges: Edges) -> np.n
 
 def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, scale: int,
               tile: int | None, overlap: int = 16, batch: int = 4, align: int = 1, min_tile: int = 16,
-              _backoff: _Backoff | None = None) -> np.ndarray:
-    """Restore a (C, H, W) float32 image with `infer` ((N,C,h,w) -> (N,C,h*s,w*s)), tile by tile.
+              out_channels: int | None = None, _backoff: _Backoff | None = None) -> np.ndarray:
+    """Restore a (C, H, W) float32 image with `infer` ((N,C,h,w) -> (N,C',h*s,w*s)), tile by tile.
+
+    C' is `out_channels` (default C): networks with extra input planes (a noise-level hint) still
+    return RGB.
 
     Out of memory (see `is_out_of_memory`) never fails the image while there is room to shrink:
     a batch of tiles that does not fit is retried in halves, and a single tile that does not fit
     is restored from tiles half its size (multiples of `align`, at least `min_tile`); sizes known
     to fail are not tried again for the rest of the image.
     """
-    c, height, width = image.shape
+    c_in, height, width = image.shape
+    c = out_channels or c_in
     state = _backoff or _Backoff(batch)
     if tile is None or (height <= tile and width <= tile):
         side = max(height, width)
@@ -158,7 +162,7 @@ def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, s
         if half is None:
             raise OutOfMemory(f"out of memory even for {side}x{side} tiles")
         return run_tiled(infer, image, scale=scale, tile=half, overlap=_sub_overlap(overlap, half, align),
-                         batch=state.batch, align=align, min_tile=min_tile, _backoff=state)
+                         batch=state.batch, align=align, min_tile=min_tile, out_channels=c, _backoff=state)
 
     tiles = plan_tiles(height, width, tile, overlap)
     th, tw = tiles[0][2], tiles[0][3]
@@ -189,7 +193,7 @@ def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, s
         if out is None:  # this tile size does not fit: restore each tile from smaller tiles
             out = np.stack([run_tiled(infer, np.ascontiguousarray(crop), scale=scale, tile=max(th, tw),
                                       overlap=overlap, batch=state.batch, align=align, min_tile=min_tile,
-                                      _backoff=state) for crop in crops])
+                                      out_channels=c, _backoff=state) for crop in crops])
         _check(out, len(group), c, th * scale, tw * scale)
         for (y, x, _, _), o in zip(group, out):
             edges = (y == 0, y + th == height, x == 0, x + tw == width)

@@ -102,3 +102,104 @@ def augment(rng: np.random.Generator, *images: np.ndarray) -> list[np.ndarray]:
             img = img.transpose(1, 0, 2)
         out.append(np.ascontiguousarray(img))
     return out
+
+
+def load_photos(folders, min_side: int, max_side: int = 2048, log=print) -> list[np.ndarray]:
+    """RGB uint8 photos (long side ≤ max_side) at least `min_side` on the short side."""
+    images, skipped = [], 0
+    for path in find_photos(folders):
+        img = load_rgb8(path, max_side)
+        if img is None or min(img.shape[:2]) < min_side:
+            skipped += 1
+            continue
+        images.append(img)
+    if not images:
+        raise ValueError(f"no usable training images found (need photos at least {min_side}px on the short side)")
+    log(f"training set: {len(images)} images ({skipped} skipped), "
+        f"{sum(x.shape[0] * x.shape[1] for x in images) / 1e6:.1f} MP")
+    return images
+
+
+class SameSizePairs:
+    """Clean photos, degraded on the fly into (input, target) pairs of the same size.
+
+    `task` is "denoise" (Gaussian noise, σ uniform in [0, 55] per patch) or "deblur" (random
+    motion kernels of 7–31 px from a pre-drawn bank, σ ∈ [0, 3] noise, 8-bit quantisation).
+    With `hint` the input gets a fourth plane, the noise level σ/50, shown for `hint_prob` of
+    the patches and -1 ("unknown") for the rest, so one network is blind and can take a hint.
+    """
+
+    def __init__(self, images: list[np.ndarray], task: str, hint: bool, hint_prob: float = 0.3,
+                 sigma_max: float = 55.0, seed: int = 0, kernel_bank: int = 1024):
+        from restore import degrade
+
+        if task not in ("denoise", "deblur"):
+            raise ValueError(f"no training degradation for task {task!r}")
+        self.images, self.task, self.hint, self.hint_prob, self.sigma_max = images, task, hint, hint_prob, sigma_max
+        self.kernels: list[np.ndarray] = []
+        if task == "deblur":
+            bank_rng = np.random.default_rng(10_000 + seed)  # never the benchmark's seed
+            self.kernels = [degrade.random_motion_kernel(bank_rng) for _ in range(kernel_bank)]
+        self.margin = max((k.shape[0] for k in self.kernels), default=1) // 2
+        self._areas = np.array([x.shape[0] * x.shape[1] for x in images], dtype=np.float64)
+
+    def _crops(self, rng: np.random.Generator, batch: int, size: int) -> list[np.ndarray]:
+        picks = rng.choice(len(self.images), size=batch, p=self._areas / self._areas.sum())
+        crops = []
+        for i in picks:
+            img = self.images[i]
+            y = rng.integers(0, img.shape[0] - size + 1)
+            x = rng.integers(0, img.shape[1] - size + 1)
+            crops.append(augment(rng, img[y:y + size, x:x + size])[0])
+        return crops
+
+    def sample(self, rng: np.random.Generator, batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from restore import degrade
+
+        if self.task == "denoise":
+            clean = np.stack(self._crops(rng, batch, patch)).astype(np.float32) / 255.0
+            sigma = rng.uniform(0.0, self.sigma_max, size=batch).astype(np.float32)
+            noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * (sigma / 255.0)[:, None, None, None]
+        else:
+            m = self.margin
+            clean_list, noisy_list = [], []
+            sigma = rng.uniform(0.0, degrade.DEBLUR_NOISE_MAX, size=batch).astype(np.float32)
+            for crop, s in zip(self._crops(rng, batch, patch + 2 * m), sigma):
+                k = self.kernels[rng.integers(len(self.kernels))]
+                k = augment(rng, k[:, :, None])[0][:, :, 0]  # 8 orientations of every kernel
+                big = crop.astype(np.float32) / 255.0
+                blurred = degrade.blur(big, k)[m:m + patch, m:m + patch]
+                blurred = degrade.to8bit(blurred + rng.standard_normal(blurred.shape, dtype=np.float32) * s / 255.0)
+                clean_list.append(big[m:m + patch, m:m + patch])
+                noisy_list.append(blurred.astype(np.float32))
+            clean, noisy = np.stack(clean_list), np.stack(noisy_list)
+        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
+        inp, target = to_t(noisy), to_t(clean)
+        if self.hint:
+            from restore.models.iptv2 import NOISE_HINT_SCALE, UNKNOWN_NOISE
+
+            shown = rng.random(batch) < self.hint_prob
+            level = np.where(shown, sigma / NOISE_HINT_SCALE, UNKNOWN_NOISE).astype(np.float32)
+            inp = torch.cat([inp, torch.from_numpy(level)[:, None, None, None].expand(-1, 1, patch, patch)], 1)
+        return inp, target
+
+    def fixed_set(self, size: int = 128, seed: int = 0) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """Validation pairs: a centre crop of each photo, degraded once with a fixed seed (denoise at
+        σ = 25), blind hint."""
+        from restore import degrade
+
+        rng = np.random.default_rng(seed)
+        out = []
+        for i, img in enumerate(self.images):
+            s = min(size, img.shape[0], img.shape[1])
+            y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
+            clean = img[y:y + s, x:x + s].astype(np.float32) / 255.0
+            if self.task == "denoise":
+                inp = degrade.noisy_image(clean, 25.0, seed + i)
+            else:
+                inp = degrade.blurred_image(clean, self.kernels[rng.integers(len(self.kernels))], seed + i)
+            t = torch.from_numpy(inp).permute(2, 0, 1)[None]
+            if self.hint:
+                t = torch.cat([t, torch.full_like(t[:, :1], -1.0)], 1)
+            out.append((t, clean))
+        return out

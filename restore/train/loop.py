@@ -27,7 +27,7 @@ from restore.metrics import psnr
 from restore.models.blocks.slimmable import count_macs, set_width
 from restore.weights import save_weights, weights_stem, load_state
 
-from .data import SRPairs, find_photos
+from .data import SameSizePairs, SRPairs, find_photos, load_photos
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="lipt", help="restorer name (default: lipt)")
     p.add_argument("--variant", help="model variant (default: the restorer's default)")
-    p.add_argument("--scale", type=int, default=2, help="SR scale (default: 2)")
+    p.add_argument("--scale", type=int, default=None, help="SR scale (default: the restorer's)")
+    p.add_argument("--task", help="what to train for, for restorers with several tasks: denoise, deblur, sr "
+                                  "(default: the restorer's; sr when --scale > 1)")
     p.add_argument("--data", nargs="+", help="folders (searched recursively) or files of HR photos "
                                               "(a resumed run reuses its own)")
     p.add_argument("--steps", type=int, help="total optimiser steps")
@@ -108,6 +110,26 @@ def subnet_sampler(model, log):
 
 
 @torch.no_grad()
+def validate_same_size(model, fixed: list, device) -> float:
+    """Mean RGB PSNR of the fixed validation pairs (same-size tasks)."""
+    was_training = model.training
+    model.eval()
+    scores = [psnr(np.round(model(inp.to(device)).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255) / 255,
+                   clean, border=0, y_channel=False) for inp, clean in fixed]
+    model.train(was_training)
+    return float(np.mean(scores))
+
+
+DEGRADATIONS = {
+    "sr": "MATLAB bicubic downscale with antialiasing",
+    "denoise": "additive Gaussian noise, sigma uniform in [0, 55] (0-255 scale) per patch, unclipped; "
+               "noise-level hint plane shown for 30% of patches, -1 (unknown) otherwise",
+    "deblur": "motion blur from a bank of 1024 random shake trajectories (7-31 px, 8 orientations each), "
+              "reflect borders, Gaussian noise sigma in [0, 3], 8-bit quantisation; hint plane as for denoise",
+}
+
+
+@torch.no_grad()
 def validate(model, pairs: SRPairs, device) -> float:
     """Mean Y-PSNR (border = scale) over centre crops of the held-out photos (full width for a
     supernet)."""
@@ -132,9 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = registry.get(args.model)
     variant = spec.check_variant(args.variant)
-    scale = spec.check_scale(args.scale)
+    scale = spec.check_scale(args.scale or spec.default_scale)
+    try:
+        task = spec.check_task(args.task, scale)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     d = spec.train_defaults
-    stem = weights_stem(spec.name, variant, scale, spec.task)
+    stem = weights_stem(spec.name, variant, scale, task)
     saved = Path(args.run or f"runs/{stem}") / "last.pt"
     if args.resume and saved.exists():
         # A resumed run keeps its hyper-parameters unless they are given again explicitly.
@@ -165,10 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
     train_files = [p for p in photos if p not in held_out]
-    train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log)
-    val = SRPairs.from_folders(held_out, scale, 16, args.max_side, log=lambda m: None) if held_out else None
-
     model = spec.build(variant, scale)
+    if task == "sr":
+        train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log)
+        val = SRPairs.from_folders(held_out, scale, 16, args.max_side, log=lambda m: None) if held_out else None
+        check = (lambda: validate(model, val, device)) if val is not None else None
+        train_images = train.hr
+    else:
+        hint = getattr(model, "in_channels", 3) == 4
+        train = SameSizePairs(load_photos(train_files, patch + 2 * 16, args.max_side, log=log), task, hint,
+                              seed=args.seed)
+        fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
+                 .fixed_set() if held_out else [])
+        check = (lambda: validate_same_size(model, fixed, device)) if fixed else None
+        train_images = train.images
     if args.plain:
         model.reparameterize()
         if hasattr(model, "init_plain"):
@@ -204,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_torch_save({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
             "history": history, "plain": args.plain, "restorer": spec.name, "variant": variant, "scale": scale,
+            "task": task,
             "args": vars(args)}, ckpt)
 
     stop = {"now": False}
@@ -235,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             rate = step / max(elapsed, 1e-9)
             eta = (steps - step) / max(rate, 1e-9)
             msg = f"step {step}/{steps} loss {loss_acc / n_acc:.4f} {rate:.2f} step/s ETA {eta / 60:.0f} min"
-            if val is not None and (step % (args.log_every * 10) == 0 or step == steps):
-                score = validate(model, val, device)
-                history.append({"step": step, "val_psnr_y": round(score, 3), "elapsed_s": round(elapsed)})
+            if check is not None and (step % (args.log_every * 10) == 0 or step == steps):
+                score = check()
+                key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
+                history.append({"step": step, key: round(score, 3), "elapsed_s": round(elapsed)})
                 msg += f" val {score:.2f} dB"
             log(msg)
             loss_acc, n_acc = 0.0, 0
@@ -256,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         deploy = copy.deepcopy(model).cpu().eval()
         deploy.reparameterize()
         manifest = {
-            "restorer": spec.name, "variant": variant, "scale": scale, "task": spec.task,
+            "restorer": spec.name, "variant": variant, "scale": scale, "task": task,
             "config": getattr(getattr(deploy, "config", None), "to_dict", dict)(),
             "training": {
-                "data": [str(x) for x in args.data], "images": len(train.hr),
-                "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train.hr) / 1e6, 1),
-                "degradation": "MATLAB bicubic downscale with antialiasing",
+                "data": [str(x) for x in args.data], "images": len(train_images),
+                "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
+                "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": "L1",
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
                 "graph": "plain (folded) convs" if args.plain else "multi-branch (reparameterised after training)",
