@@ -105,6 +105,9 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
     spec = registry.get(name)
     variant = spec.check_variant(variant)
     scale = spec.check_scale(scale or spec.default_scale)
+    if task is None and weights:  # explicit weights say what they were trained for
+        trained_for = read_manifest(Path(weights)).get("task")
+        task = trained_for if trained_for in spec.all_tasks else None
     task = spec.check_task(task, scale)
     if noise_level is not None:
         if "noise_level" not in spec.extras:
@@ -122,6 +125,8 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
         except RuntimeError as e:
             raise WeightsError(f"{path}: does not fit {name}-{variant} x{scale} ({str(e).splitlines()[0]})") from None
         manifest = read_manifest(path)
+        if manifest.get("task") not in (None, task):
+            raise WeightsError(f"{path}: these weights were trained for {manifest['task']}, not {task}")
     elif not allow_untrained:
         stem = weights_stem(spec.name, variant, scale, task)
         task_arg = f" --task {task}" if len(spec.all_tasks) > 1 else ""

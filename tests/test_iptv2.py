@@ -198,10 +198,11 @@ def test_train_then_run_and_eval_from_the_cli(tmp_path, capsys):
     for i in range(3):
         write_image(photos / f"p{i}.png", smooth_image(72, 88, seed=i))
     weights = tmp_path / "weights"
-    assert train_main(["--model", "iptv2", "--task", "deblur", "--data", str(photos), "--steps", "2",
-                       "--batch", "2", "--patch", "32", "--run", str(tmp_path / "run"), "--weights-dir",
-                       str(weights), "--threads", "1", "--val-count", "1", "--log-every", "1",
-                       "--warmup", "1"]) == 0
+    for task in ("deblur", "denoise"):
+        assert train_main(["--model", "iptv2", "--task", task, "--data", str(photos), "--steps", "2",
+                           "--batch", "2", "--patch", "32", "--run", str(tmp_path / f"run-{task}"), "--weights-dir",
+                           str(weights), "--threads", "1", "--val-count", "1", "--log-every", "1",
+                           "--warmup", "1"]) == 0
     w = weights / "iptv2-tiny-x1-deblur.safetensors"
     manifest = json.loads(w.with_suffix(".json").read_text())
     assert manifest["task"] == "deblur" and "motion blur" in manifest["training"]["degradation"]
@@ -225,12 +226,20 @@ def test_train_then_run_and_eval_from_the_cli(tmp_path, capsys):
     report = json.loads(out)["sets"]["evalset/motion"]
     assert {"psnr", "ssim", "blurred_psnr", "rl_psnr"} <= set(report)
 
-    code = main(["eval", str(evals), "--model", "iptv2", "--task", "denoise", "--weights", str(w), "--backend",
+    code = main(["eval", str(evals), "--model", "iptv2", "--weights", str(weights / "iptv2-tiny-x1-denoise.safetensors"),
+                 "--backend",
                  "torch", "--sigma", "25", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     sets = json.loads(out)["sets"]
     assert abs(sets["evalset/sigma25"]["noisy_psnr"] - 20.2) < 0.5  # σ=25 noise is 20.2 dB
+
+    from restore.api import load_restorer
+    from restore.weights import WeightsError
+
+    assert load_restorer("iptv2", weights=w, backend="torch").task == "deblur"  # the manifest says so
+    with pytest.raises(WeightsError, match="trained for deblur"):
+        load_restorer("iptv2", task="denoise", weights=w, backend="torch")
 
     code = main(["run", str(photos / "p0.png"), "-o", str(tmp_path / "out2"), "--model", "iptv2",
                  "--noise-level", "-3"])
