@@ -62,6 +62,14 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     assert not any("dbb_" in k for k in state)
     assert "resumed" in capsys.readouterr().out
 
+    from restore.train.loop import write_slim_checkpoint
+
+    slim = write_slim_checkpoint(run / "last.pt", tmp_path / "slim" / "last.pt")
+    assert slim.stat().st_size < 0.6 * (run / "last.pt").stat().st_size
+    assert train_main(common + ["--run", str(slim.parent), "--resume", "--steps", "5", "--no-export"]) == 0
+    assert torch.load(slim, weights_only=False)["step"] == 5
+    assert "optimiser starts afresh" in capsys.readouterr().out
+
 
 def test_plain_training_reduces_the_loss(tmp_path):
     """A few dozen steps of the folded graph on one photo must beat the starting loss."""

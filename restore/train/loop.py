@@ -82,6 +82,16 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_slim_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of a run's checkpoint without the optimiser state (a third of the size), small enough
+    to commit; `--resume` from it continues the schedule with a fresh optimiser."""
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    state["optimizer"] = None
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state, Path(dst))
+    return Path(dst)
+
+
 def load_matching(model: torch.nn.Module, source: str) -> int:
     """Copy tensors whose name and shape match; returns how many were copied."""
     if source.endswith(".safetensors"):
@@ -223,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             log("error: --plain must match the run being resumed")
             return 2
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
-        log(f"resumed {ckpt} at step {step}")
+        log(f"resumed {ckpt} at step {step}" + ("" if state.get("optimizer") is not None else
+                                                " (slim checkpoint: the optimiser starts afresh)"))
     elif args.init:
         log(f"initialised {load_matching(model, args.init)} tensors from {args.init}")
     if args.export_only:
