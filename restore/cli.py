@@ -393,7 +393,7 @@ def _load(args):
 def cmd_eval(args) -> int:
     import numpy as np
 
-    from restore.io.images import ImageError, is_image_path, read_image
+    from restore.io.images import ImageError, read_image
     from restore.metrics import crop_to_multiple, psnr, ssim
     from restore.resize import imresize
     from restore.weights import read_manifest, write_manifest
@@ -407,16 +407,12 @@ def cmd_eval(args) -> int:
             raise CliError("--route applies to SR restorers with subnets")
         return _eval_same_size(args, restorer)
     s = restorer.scale
-    to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    report, status = {}, EXIT_OK
-    for folder in args.folders:
-        root = Path(folder)
-        if not root.is_dir():
-            _err(f"{folder}: not a folder")
-            status = EXIT_SOME_FAILED
-            continue
+    to8 = _to8
+    report = {}
+    folders, status = _image_folders(args.folders)
+    for root, paths in folders:
         rows = []
-        for path in sorted(p for p in root.iterdir() if is_image_path(p)):
+        for path in paths:
             try:
                 pic = read_image(path)
             except ImageError as e:
@@ -470,17 +466,38 @@ def cmd_eval(args) -> int:
     return status
 
 
+def _to8(x):
+    import numpy as np
+
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _image_folders(folders: list[str]) -> tuple[list[tuple[Path, list[Path]]], int]:
+    """Each DIR argument with its images (sorted); a non-folder is reported and makes the status 1."""
+    from restore.io.images import is_image_path
+
+    out, status = [], EXIT_OK
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            _err(f"{folder}: not a folder")
+            status = EXIT_SOME_FAILED
+            continue
+        out.append((root, sorted(p for p in root.iterdir() if is_image_path(p))))
+    return out, status
+
+
 def _eval_same_size(args, restorer) -> int:
     """Denoising / deblurring protocols (see `restore eval --help`)."""
     import numpy as np
 
     from restore import degrade
-    from restore.io.images import ImageError, is_image_path, read_image
+    from restore.io.images import ImageError, read_image
     from restore.metrics import psnr, ssim
     from restore.weights import read_manifest, write_manifest
 
     task = restorer.task
-    to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    to8 = _to8
     f64 = lambda x8: x8.astype(np.float64) / 255
     if task == "denoise":
         if any(not 0 <= s <= 255 for s in args.sigma):
@@ -491,14 +508,9 @@ def _eval_same_size(args, restorer) -> int:
         kernels = degrade.eval_kernels()
         conditions = [("motion", None)]
         baseline = "blurred"
-    report, status = {}, EXIT_OK
-    for folder in args.folders:
-        root = Path(folder)
-        if not root.is_dir():
-            _err(f"{folder}: not a folder")
-            status = EXIT_SOME_FAILED
-            continue
-        paths = sorted(p for p in root.iterdir() if is_image_path(p))
+    report = {}
+    folders, status = _image_folders(args.folders)
+    for root, paths in folders:
         for label, sigma in conditions:
             rows = []
             for i, path in enumerate(paths):
