@@ -396,7 +396,6 @@ def cmd_eval(args) -> int:
     from restore.io.images import ImageError, read_image
     from restore.metrics import crop_to_multiple, psnr, ssim
     from restore.resize import imresize
-    from restore.weights import read_manifest, write_manifest
 
     restorer = _load(args)
     routed = args.route != "off" or args.route_budget is not None
@@ -451,19 +450,26 @@ def cmd_eval(args) -> int:
                   f"bicubic {mean['bicubic_psnr']:.2f} dB {mean['bicubic_ssim']:.4f}   ({len(rows)} images, Y, border {s})"
                   + share_text)
     if args.record and report:
-        if restorer.weights_path is None:
-            raise CliError("--record needs shipped weights or --weights")
-        manifest = read_manifest(restorer.weights_path)
-        scores = manifest.setdefault("scores", {})
-        for name, r in report.items():
-            scores[name] = {k: r[k] for k in ("images", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
-            scores[name]["protocol"] = f"Y (BT.601), border {s}, MATLAB bicubic LR, uint8 I/O"
-        write_manifest(restorer.weights_path, manifest)
+        _record_scores(restorer, report, f"Y (BT.601), border {s}, MATLAB bicubic LR, uint8 I/O")
     if args.json:
         print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend,
                           "route": (f"budget {args.route_budget:g} ms" if args.route_budget is not None else args.route),
                           "sets": report}, indent=2))
     return status
+
+
+def _record_scores(restorer, report: dict, protocol: str) -> None:
+    """Store each set's mean scores (not the per-image rows) in the weights' manifest."""
+    from restore.weights import read_manifest, write_manifest
+
+    if restorer.weights_path is None:
+        raise CliError("--record needs shipped weights or --weights")
+    manifest = read_manifest(restorer.weights_path)
+    scores = manifest.setdefault("scores", {})
+    for name, r in report.items():
+        scores[name] = {k: v for k, v in r.items() if k not in ("per_image", "patch_share")}
+        scores[name]["protocol"] = protocol
+    write_manifest(restorer.weights_path, manifest)
 
 
 def _to8(x):
@@ -494,7 +500,6 @@ def _eval_same_size(args, restorer) -> int:
     from restore import degrade
     from restore.io.images import ImageError, read_image
     from restore.metrics import psnr, ssim
-    from restore.weights import read_manifest, write_manifest
 
     task = restorer.task
     to8 = _to8
@@ -553,17 +558,10 @@ def _eval_same_size(args, restorer) -> int:
                       f"{baseline} {mean[baseline + '_psnr']:.2f} dB{extra}   ({len(rows)} images, RGB, "
                       f"{'known σ' if args.known_sigma else 'blind'})")
     if args.record and report:
-        if restorer.weights_path is None:
-            raise CliError("--record needs shipped weights or --weights")
-        manifest = read_manifest(restorer.weights_path)
-        scores = manifest.setdefault("scores", {})
-        for name, r in report.items():
-            scores[name] = {k: v for k, v in r.items() if k != "per_image"}
-            scores[name]["protocol"] = (
-                f"RGB, border 0, 8-bit output; {'known' if args.known_sigma else 'blind'} noise level; "
-                + ("clean + N(0, sigma/255) seeded per image, unclipped" if task == "denoise" else
-                   "committed motion kernel i mod 8, reflect borders, sigma 1 noise, 8-bit; RL: 30 iterations"))
-        write_manifest(restorer.weights_path, manifest)
+        _record_scores(restorer, report, (
+            f"RGB, border 0, 8-bit output; {'known' if args.known_sigma else 'blind'} noise level; "
+            + ("clean + N(0, sigma/255) seeded per image, unclipped" if task == "denoise" else
+               "committed motion kernel i mod 8, reflect borders, sigma 1 noise, 8-bit; RL: 30 iterations")))
     if args.json:
         print(json.dumps({"restorer": restorer.stem, "backend": restorer.backend, "sets": report}, indent=2))
     return status

@@ -228,11 +228,14 @@ def test_train_then_run_and_eval_from_the_cli(tmp_path, capsys):
 
     code = main(["eval", str(evals), "--model", "iptv2", "--weights", str(weights / "iptv2-tiny-x1-denoise.safetensors"),
                  "--backend",
-                 "torch", "--sigma", "25", "--json"])
+                 "torch", "--sigma", "25", "--json", "--record"])
     out, err = capsys.readouterr()
     assert code == 0, err
     sets = json.loads(out)["sets"]
     assert abs(sets["evalset/sigma25"]["noisy_psnr"] - 20.2) < 0.5  # σ=25 noise is 20.2 dB
+    recorded = json.loads((weights / "iptv2-tiny-x1-denoise.json").read_text())["scores"]["evalset/sigma25"]
+    assert recorded["psnr"] == sets["evalset/sigma25"]["psnr"] and "per_image" not in recorded
+    assert "blind" in recorded["protocol"]
 
     from restore.api import load_restorer
     from restore.weights import WeightsError
