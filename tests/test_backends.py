@@ -127,6 +127,17 @@ def test_cache_path_is_deterministic_and_keyed(tmp_path, monkeypatch):
     assert onnx_cache_path("lipt", "tiny", 2, "00" * 32, 18).parent == PROJECT_ENGINES
 
 
+def test_cache_key_follows_the_model_code(tmp_path, monkeypatch):
+    # Same weights, rewritten model (e.g. a faster window layout): the old graph must not be reused.
+    from restore.backends import cache
+
+    before = onnx_cache_path("lipt", "tiny", 2, "00" * 32, 18, root=tmp_path)
+    monkeypatch.setattr(cache, "graph_code_digest", lambda: "another model source")
+    assert onnx_cache_path("lipt", "tiny", 2, "00" * 32, 18, root=tmp_path) != before
+    monkeypatch.undo()
+    assert cache.graph_code_digest() == cache.graph_code_digest() and len(cache.graph_code_digest()) == 64
+
+
 def test_torch_engine_shape():
     eng = TorchEngine(TinySR().eval(), threads=1)
     assert eng.name == "torch"

@@ -124,6 +124,49 @@ def test_attention_uses_q_as_k_without_scaling():
     assert torch.allclose(attns[0][0], expected, atol=1e-6)
 
 
+def reference_nvsm_sa(sa: lipt.NVSMSA, x: torch.Tensor, attns=None):
+    """NVSM-SA written the plain way (roll, index the sparse rows/columns, reshape + permute
+    into windows and back), as the official code does it: the row gathers must equal it."""
+    b, _, h, wd = x.shape
+    w = sa.window
+    outs, new = [], []
+    for i, part in enumerate(torch.chunk(sa.project_inp(x), 2, dim=1)):
+        if sa.shifted:
+            part = torch.roll(part, shifts=(-w // 2, -w // 2), dims=(2, 3))
+        if attns is None:
+            if i == 1:
+                part = part[:, :, lipt.sparse_index(h, w, x.device)][:, :, :, lipt.sparse_index(wd, w, x.device)]
+            q, v = torch.chunk(lipt.to_windows(part, w), 2, dim=-1)
+            attn = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
+            new.append(attn)
+        else:
+            attn, v = attns[i], lipt.to_windows(part, w)
+        y = lipt.from_windows(attn @ v, b, h, wd, w)
+        if sa.shifted:
+            y = torch.roll(y, shifts=(w // 2, w // 2), dims=(2, 3))
+        outs.append(y)
+    return sa.project_out(torch.cat(outs, dim=1)), (new if attns is None else attns)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_row_gather_attention_equals_the_plain_window_reshapes(shifted):
+    torch.manual_seed(5)
+    first = lipt.NVSMSA(12, 8, shifted, calc_attn=True).eval()
+    shared = lipt.NVSMSA(12, 8, shifted, calc_attn=False).eval()
+    x = torch.rand(2, 12, 24, 40)  # 3 x 5 windows: rows and columns wrap differently
+    with torch.no_grad():
+        y, attns = first(x)
+        y_ref, attns_ref = reference_nvsm_sa(first, x)
+        assert all(torch.allclose(a, r, atol=1e-6) for a, r in zip(attns, attns_ref))
+        assert torch.allclose(y, y_ref, atol=1e-5)
+        z, _ = shared(x, attns)
+        assert torch.allclose(z, reference_nvsm_sa(shared, x, attns)[0], atol=1e-5)
+        # the shift really moves pixels: the unshifted windows give another answer
+        flipped = lipt.NVSMSA(12, 8, not shifted, calc_attn=True).eval()
+        flipped.load_state_dict(first.state_dict())
+        assert not torch.allclose(flipped(x)[0], y, atol=1e-3)
+
+
 def official_state_dict(model: lipt.LIPT) -> dict:
     """What the official trainer saves: DataParallel keys under 'model_state_dict'."""
     return {"model_state_dict": {f"module.{k}": v.clone() for k, v in model.state_dict().items()},

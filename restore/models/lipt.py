@@ -125,6 +125,26 @@ def sparse_index(length: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.where(idx >= length, idx - length, idx)
 
 
+def window_gather_index(h: int, wd: int, w: int, shifted: bool, sparse: bool, device) -> torch.Tensor:
+    """Row index into a flattened (H·W) map that yields the tokens of `to_windows`, after the
+    cyclic shift by −w/2 (`shifted`) and the sparse re-tiling (`sparse`): (nW·w·w,) int64."""
+    grid = torch.arange(h * wd, device=device).reshape(1, 1, h, wd)
+    if shifted:
+        grid = torch.roll(grid, shifts=(-w // 2, -w // 2), dims=(2, 3))
+    if sparse:
+        grid = grid.index_select(2, sparse_index(h, w, device)).index_select(3, sparse_index(wd, w, device))
+    return to_windows(grid, w).reshape(-1)
+
+
+def window_merge_index(h: int, wd: int, w: int, shifted: bool, device) -> torch.Tensor:
+    """Inverse of the dense `window_gather_index`: for each pixel, the token row holding it."""
+    tokens = torch.arange(h * wd, device=device).reshape(-1, w * w, 1)
+    grid = from_windows(tokens, 1, h, wd, w)
+    if shifted:
+        grid = torch.roll(grid, shifts=(w // 2, w // 2), dims=(2, 3))
+    return grid.reshape(-1)
+
+
 class NVSMSA(nn.Module):
     """Non-volatile sparse-mask self-attention (ELAN-style: Q doubles as K, no 1/sqrt(d) scale).
 
@@ -146,29 +166,38 @@ class NVSMSA(nn.Module):
 
     def forward(self, x: torch.Tensor, attns: list[torch.Tensor] | None = None):
         b, _, h, wd = x.shape
-        w = self.window
-        halves = torch.chunk(self.project_inp(x), 2, dim=1)
-        outs, new_attns = [], []
-        for idx, part in enumerate(halves):
-            if self.shifted:
-                part = torch.roll(part, shifts=(-w // 2, -w // 2), dims=(2, 3))
-            if attns is None:
-                if idx == 1:  # sparse half: gather the dilated 2w×2w samples into w×w windows
-                    part = part.index_select(2, sparse_index(h, w, part.device))
-                    part = part.index_select(3, sparse_index(wd, w, part.device))
-                tokens = to_windows(part, w)
-                q, v = torch.chunk(tokens, 2, dim=-1)
-                attn = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
-                new_attns.append(attn)
-            else:
-                # Shared sub-block: values are taken in plain w×w windows (as in the official
-                # code), attention comes from the first sub-block.
-                attn, v = attns[idx], to_windows(part, w)
-            y = from_windows(attn @ v, b, h, wd, w)
-            if self.shifted:
-                y = torch.roll(y, shifts=(w // 2, w // 2), dims=(2, 3))
-            outs.append(y)
-        return self.project_out(torch.cat(outs, dim=1)), (new_attns if attns is None else attns)
+        w, n, half = self.window, h * wd, self.channels // 2
+        dense = window_gather_index(h, wd, w, self.shifted, sparse=False, device=x.device)
+
+        def tokens(group: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            """(B, c, H, W) → (B·nW, w·w, c). Pixels become rows, then one row gather does the
+            shift, the sparse sampling and the window partition at once. Same arithmetic as
+            roll → reshape → 6-D permute, but ONNX Runtime runs 6-D transposes element by
+            element on one thread (a third of LIPT's time on a CPU); a gather copies rows."""
+            rows = group.reshape(b, half, n).transpose(1, 2)
+            return rows.index_select(1, index).reshape(-1, w * w, half)
+
+        # Channel groups are cut on the NCHW map, where each is one contiguous block. (Cutting
+        # rows instead copies with a stride; a 1x1 conv done as matmuls on rows loses ORT's
+        # fusion of the residual add into project_out: both measured slower.)
+        groups = torch.split(self.project_inp(x), half, dim=1)
+        if attns is None:  # groups: q, v of the dense half, then q, v of the sparse half
+            sparse = window_gather_index(h, wd, w, self.shifted, sparse=True, device=x.device)
+            attns, values = [], []
+            for (q, v), index in zip((groups[:2], groups[2:]), (dense, sparse)):
+                q = tokens(q, index)
+                attns.append(torch.softmax(q @ q.transpose(-2, -1), dim=-1))
+                values.append(tokens(v, index))
+        else:
+            # Shared sub-block: values in plain w×w windows (as in the official code), the
+            # attention maps of the first sub-block.
+            values = [tokens(v, dense) for v in groups]
+        # Both halves' outputs sit on the plain window grid (the sparse half too, as in the
+        # official code): one row gather puts each back in place.
+        merge = window_merge_index(h, wd, w, self.shifted, device=x.device)
+        out = [(attn @ v).reshape(b, n, half).index_select(1, merge).transpose(1, 2).reshape(b, half, h, wd)
+               for attn, v in zip(attns, values)]
+        return self.project_out(torch.cat(out, dim=1)), attns
 
 
 class LIPTB(nn.Module):
