@@ -146,7 +146,7 @@ def test_richardson_lucy_sharpens_a_blurred_image():
 @pytest.mark.parametrize("task", ["denoise", "deblur"])
 def test_training_pairs_for_same_size_tasks(task):
     images = [np.round(smooth_image(96, 112, seed=i) * 255).astype(np.uint8) for i in range(2)]
-    pairs = SameSizePairs(images, task, hint=True, hint_prob=0.5, kernel_bank=16)
+    pairs = SameSizePairs(images, task, hint=iptv2.hint_value, hint_prob=0.5, kernel_bank=16)
     inp, target = pairs.sample(np.random.default_rng(0), batch=6, patch=32)
     assert inp.shape == (6, 4, 32, 32) and target.shape == (6, 3, 32, 32)
     hint = inp[:, 3, 0, 0]
@@ -161,7 +161,7 @@ def test_training_pairs_for_same_size_tasks(task):
 def test_a_short_training_run_denoises():
     """120 steps on smooth photos must lift σ=25 PSNR well above the noisy input."""
     images = [np.round(smooth_image(96, 96, seed=i) * 255).astype(np.uint8) for i in range(3)]
-    pairs = SameSizePairs(images, "denoise", hint=True)
+    pairs = SameSizePairs(images, "denoise", hint=iptv2.hint_value)
     model = small_model().train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     rng = np.random.default_rng(0)

@@ -58,9 +58,9 @@ class IPTV2Config:
 
 
 VARIANTS = {
-    # ~0.2 M parameters: trains on two CPU cores in hours.
+    # 1.20 M parameters, 4.16 GMACs at 256x256: trains on two CPU cores in hours.
     "tiny": dict(dim=16, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(2, 1, 1)),
-    # ~1.6 M parameters: for a GPU.
+    # 6.74 M parameters, 22.5 GMACs at 256x256: for a GPU.
     "small": dict(dim=32, enc_blocks=(2, 2, 2), mid_blocks=4, dec_blocks=(2, 2, 2)),
 }
 

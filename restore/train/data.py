@@ -125,11 +125,12 @@ class SameSizePairs:
 
     `task` is "denoise" (Gaussian noise, σ uniform in [0, 55] per patch) or "deblur" (random
     motion kernels of 7–31 px from a pre-drawn bank, σ ∈ [0, 3] noise, 8-bit quantisation).
-    With `hint` the input gets a fourth plane, the noise level σ/50, shown for `hint_prob` of
-    the patches and -1 ("unknown") for the rest, so one network is blind and can take a hint.
+    With `hint` (the model's σ → plane-value function, e.g. `IPTV2.hint_value`) the input gets
+    a fourth plane: the noise level for `hint_prob` of the patches, "unknown" (hint(None)) for the
+    rest, so one network is blind and can take a hint. The encoding stays the model's own.
     """
 
-    def __init__(self, images: list[np.ndarray], task: str, hint: bool, hint_prob: float = 0.3,
+    def __init__(self, images: list[np.ndarray], task: str, hint=None, hint_prob: float = 0.3,
                  sigma_max: float = 55.0, seed: int = 0, kernel_bank: int = 1024):
         from restore import degrade
 
@@ -175,11 +176,10 @@ class SameSizePairs:
             clean, noisy = np.stack(clean_list), np.stack(noisy_list)
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
         inp, target = to_t(noisy), to_t(clean)
-        if self.hint:
-            from restore.models.iptv2 import NOISE_HINT_SCALE, UNKNOWN_NOISE
-
+        if self.hint is not None:
             shown = rng.random(batch) < self.hint_prob
-            level = np.where(shown, sigma / NOISE_HINT_SCALE, UNKNOWN_NOISE).astype(np.float32)
+            level = np.array([self.hint(float(s)) if show else self.hint(None) for s, show in zip(sigma, shown)],
+                             dtype=np.float32)
             inp = torch.cat([inp, torch.from_numpy(level)[:, None, None, None].expand(-1, 1, patch, patch)], 1)
         return inp, target
 
@@ -199,7 +199,7 @@ class SameSizePairs:
             else:
                 inp = degrade.blurred_image(clean, self.kernels[rng.integers(len(self.kernels))], seed + i)
             t = torch.from_numpy(inp).permute(2, 0, 1)[None]
-            if self.hint:
-                t = torch.cat([t, torch.full_like(t[:, :1], -1.0)], 1)
+            if self.hint is not None:
+                t = torch.cat([t, torch.full_like(t[:, :1], self.hint(None))], 1)
             out.append((t, clean))
         return out

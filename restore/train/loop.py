@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         check = (lambda: validate(model, val, device)) if val is not None else None
         train_images = train.hr
     else:
-        hint = getattr(model, "in_channels", 3) == 4
+        # A network with a noise-level plane (in_channels 4) encodes σ with its own hint_value.
+        hint = model.hint_value if getattr(model, "in_channels", 3) == 4 else None
         train = SameSizePairs(load_photos(train_files, patch + 2 * 16, args.max_side, log=log), task, hint,
                               seed=args.seed)
         fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
