@@ -128,3 +128,38 @@ def test_webcam_tab_streams_restored_frames(app, browser):
     assert cam[0] > 0 and out == [2 * cam[0], 2 * cam[1]]  # a restored (×2) camera frame
     _shot(browser, "ui-webcam-tab.png")
     [b for b in css("#cam-input button") if b.is_displayed() and "Stop" in b.text][0].click()
+
+
+def test_pick_iptv2_denoise_with_a_noise_level(app, browser, tmp_path):
+    """The picker lists IPT-V2 per task; choosing denoise shows the noise slider and restores."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32) / 31
+    noisy = np.clip(np.stack([x, y, 1 - x * y], -1) + rng.normal(0, 0.1, (32, 32, 3)), 0, 1)
+    photo = write_image(tmp_path / "noisy.png", noisy.astype(np.float32))
+    wait = WebDriverWait(browser, 60)
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
+    visible = lambda sel: any(e.is_displayed() for e in css(sel))  # noqa: E731
+
+    browser.get(app)
+    wait.until(lambda _: css("#img-restorer input"))
+    assert not visible("#extra-noise_level")  # LIPT (the default) takes no noise level
+    css("#img-restorer input")[0].click()
+    option = lambda: [li for li in css("li.item") if "iptv2 — denoise" in li.text]  # noqa: E731
+    wait.until(lambda _: option())
+    option()[0].click()
+    wait.until(lambda _: visible("#extra-noise_level"))
+    css("#img-input input[type=file]")[0].send_keys(str(photo))
+    wait.until(lambda _: css("#img-input img"))
+    css("#img-restore")[0].click()
+    try:
+        wait.until(lambda _: len(css("#img-result img")) >= 2 and css("#img-file a"))
+    except TimeoutException:
+        _shot(browser, "ui-browser-iptv2-timeout.png")
+        raise
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#img-result img'))"
+        ".map(i => [i.naturalWidth, i.naturalHeight]);")
+    assert sizes == [[32, 32], [32, 32]]  # same-size restoration
+    assert "noisy-iptv2-tiny-x1-denoise" in css("#img-file")[0].text
+    assert not css(".toast-body.error")
+    _shot(browser, "ui-iptv2-denoise.png")
