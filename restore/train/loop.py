@@ -28,6 +28,7 @@ from restore.models.blocks.slimmable import count_macs, set_width
 from restore.weights import save_weights, weights_stem, load_state
 
 from .data import SameSizePairs, SRPairs, find_photos, load_photos
+from .losses import LOSSES, get_loss
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="patches per step")
     p.add_argument("--patch", type=int, help="LR patch size in pixels (multiple of the model's size multiple)")
     p.add_argument("--lr", type=float, help="peak learning rate (Adam; cosine decay to 1%%)")
+    p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default), or l1+fft, which adds "
+                                                      "an L1 term on the image spectra (helps deblurring)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default: 200)")
     p.add_argument("--run", default=None, help="run folder for checkpoints and logs (default: runs/<stem>)")
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
@@ -176,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and saved.exists():
         # A resumed run keeps its hyper-parameters unless they are given again explicitly.
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
-        for key in ("steps", "batch", "patch", "lr", "data"):
+        for key in ("steps", "batch", "patch", "lr", "data", "loss"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
     batch = args.batch or d.get("batch", 8)
     patch = args.patch or d.get("patch", 64)
     peak_lr = args.lr or d.get("lr", 2e-4)
+    loss_fn, loss_label = get_loss(args.loss or d.get("loss", "l1"))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log(f"training {stem} ({'plain' if args.plain else 'multi-branch'} graph) for {steps} steps, "
-        f"batch {batch} x {patch}px LR, lr {peak_lr:g}, {torch.get_num_threads()} threads, run {run}")
+        f"batch {batch} x {patch}px LR, lr {peak_lr:g}, loss {loss_label}, {torch.get_num_threads()} threads, run {run}")
     t_mark, loss_acc, n_acc = time.time(), 0.0, 0
     while step < steps and not stop["now"]:
         for group in opt.param_groups:
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if width_draw is not None:  # supernet: one subnet width for the whole batch
             set_width(model, width_draw(rng))
         out = model(lr_batch.to(device))
-        loss = torch.nn.functional.l1_loss(out, hr_batch.to(device))
+        loss = loss_fn(out, hr_batch.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": [str(x) for x in args.data], "images": len(train_images),
                 "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
                 "degradation": DEGRADATIONS[task],
-                "steps": step, "batch": batch, "lr_patch": patch, "loss": "L1",
+                "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
                 "graph": "plain (folded) convs" if args.plain else "multi-branch (reparameterised after training)",
                 "init": args.init, "wall_time_min": round(elapsed / 60, 1),
