@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from restore import registry
 from restore.backends.onnx_flops import count_flops
-from restore.bench import format_report, parse_size, run_bench
+from restore.bench import BARS, bars_apply, format_report, parse_size, run_bench
 
 
 # ------------------------------------------------------------------------------ FLOP counter
@@ -88,6 +88,20 @@ def test_counts_through_runtime_shape_arithmetic():
         assert r.total == 2 * hp * wp * 9 * (3 * 8 + 8 * 12)
 
 
+def test_counts_a_torchscript_export_whose_constants_are_nodes(tmp_path):
+    # The legacy exporter (IPT-V2 uses it) writes constants as Constant nodes, not initializers:
+    # the pad arithmetic must fold through them too.
+    from restore.backends.export import _export_legacy
+
+    path = tmp_path / "legacy.onnx"
+    _export_legacy(PadToEight().eval(), torch.rand(1, 3, 16, 16), path, 18)
+    import onnx
+
+    assert any(n.op_type == "Constant" for n in onnx.load(str(path)).graph.node)
+    r = count_flops(path, (1, 3, 37, 50))
+    assert not r.unresolved and r.total == 2 * 40 * 56 * 9 * (3 * 8 + 8 * 12)
+
+
 # ------------------------------------------------------------------------------ bench
 
 @pytest.fixture
@@ -129,6 +143,13 @@ def test_bench_report_and_table(tiny_restorer):
 
     text = format_report(r)
     assert "UNTRAINED" in text and "conv ceiling" in text and "onnxruntime vs torch eager" in text
+    # the issue's bars are for LIPT-Tiny x2 at 640x360: no verdict for this net and size ...
+    assert r["bars"] is None and "issue bar" not in text
+    # ... and a verdict when the report is for that configuration
+    lipt_report = {**r, "bars": BARS, "onnxruntime_vs_torch": 1.2, "onnxruntime_ceiling_share": 0.7}
+    assert bars_apply({"model": "lipt", "variant": "tiny", "scale": 2, "input": [640, 360]})
+    verdicts = [line for line in format_report(lipt_report).splitlines() if "issue bar" in line]
+    assert "NOT met" in verdicts[0] and "NOT met" not in verdicts[1]
     lines = text.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("backend"))
     table = [line for line in lines[head:] if line and "skipped" not in line][:4]

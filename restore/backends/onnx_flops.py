@@ -96,7 +96,9 @@ def _fold_shapes(model, opset: int) -> bool:
             outs = [full[start:end]]
         elif node.op_type == "Size" and node.input[0] in shapes:
             outs = [np.array(int(np.prod(shapes[node.input[0]])), np.int64)]
-        elif (node.op_type not in _NO_FOLD and node.domain in ("", "ai.onnx") and node.input
+        elif (node.op_type not in _NO_FOLD and node.domain in ("", "ai.onnx")
+              # Constant nodes (the TorchScript exporter's way of writing constants) have no inputs
+              and (node.op_type == "Constant" or node.input)
               and all((not n) or n in small for n in node.input)):
             outs = _eval_node(node, small, opset)
             if outs is not None and any(o.size > _MAX_FOLD_ELEMENTS for o in outs):
