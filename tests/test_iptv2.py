@@ -38,11 +38,37 @@ def test_window_and_grid_layouts_round_trip_and_group_the_right_pixels():
     w, g = 4, 2
     assert torch.equal(iptv2.from_windows(iptv2.to_windows(x, w), 2, 16, 32, w), x)
     groups = iptv2.to_grid_groups(x, w, g)
-    assert groups.shape == (2 * (16 // 8) * (32 // 8) * w * w, 3, g * g)
+    assert groups.shape == (2 * (16 // 8) * (32 // 8) * w * w, g * g, 3)
     assert torch.equal(iptv2.from_grid_groups(groups, 2, 16, 32, w, g), x)
     # The first group holds pixel (0,0) of each of the first g×g windows: a grid of stride w.
-    expected = torch.stack([x[0, :, 0, 0], x[0, :, 0, w], x[0, :, w, 0], x[0, :, w, w]], -1)
+    expected = torch.stack([x[0, :, 0, 0], x[0, :, 0, w], x[0, :, w, 0], x[0, :, w, w]], 0)
     assert torch.equal(groups[0], expected)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_grid_attention_equals_a_per_group_reference(heads):
+    """GGSA against plain per-head attention over each grid group's tokens (one head skips the
+    head transposes: both paths must give the same answer)."""
+    torch.manual_seed(1)
+    dim, w, g = 8 * heads, 4, 2
+    sa = iptv2.GGSA(dim, heads, w, g).eval()
+    sa.pos_bias.data.normal_()
+    x = torch.rand(1, dim, 16, 8)
+    with torch.no_grad():
+        qkv = sa.qkv(x)
+        out = torch.zeros(1, dim, 16, 8)
+        d = dim // heads
+        for ry in range(16 // (g * w)):
+            for oy in range(w):
+                for ox in range(w):
+                    ys = [ry * g * w + gy * w + oy for gy in range(g) for gx in range(g)]
+                    xs = [gx * w + ox for gy in range(g) for gx in range(g)]
+                    tok = qkv[0, :, ys, xs].T  # (n, 3·dim): one group's tokens, row-major in the grid
+                    for h in range(heads):
+                        q, k, v = (tok[:, (s * heads + h) * d:(s * heads + h + 1) * d] for s in range(3))
+                        a = torch.softmax(q @ k.T * d ** -0.5 + sa.pos_bias[h], -1)
+                        out[0, h * d:(h + 1) * d, ys, xs] = (a @ v).T
+        assert torch.allclose(sa(x), sa.proj(out), atol=1e-5)
 
 
 def test_reparameterised_ffn_matches_the_training_graph():
