@@ -76,6 +76,24 @@ def _shot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / name))
 
 
+def _upload_and_restore(driver, photo, timeout_shot: str) -> list:
+    """Upload `photo` on the Image tab, click Restore, wait for the before/after pair and the
+    download link; returns the natural sizes of the two result images."""
+    wait = WebDriverWait(driver, 60)
+    css = lambda sel: driver.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
+    css("#img-input input[type=file]")[0].send_keys(str(photo))
+    wait.until(lambda _: css("#img-input img"))  # uploaded and previewed
+    css("#img-restore")[0].click()
+    try:
+        wait.until(lambda _: len(css("#img-result img")) >= 2 and css("#img-file a"))
+    except TimeoutException:
+        _shot(driver, timeout_shot)
+        raise
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#img-result img'))"
+        ".map(i => [i.naturalWidth, i.naturalHeight]);")
+
+
 def test_upload_restore_and_see_the_result(app, browser, tmp_path):
     y, x = np.mgrid[0:32, 0:32].astype(np.float32) / 31
     photo = write_image(tmp_path / "photo.png", np.stack([x, y, 1 - x * y], -1))
@@ -84,17 +102,7 @@ def test_upload_restore_and_see_the_result(app, browser, tmp_path):
 
     browser.get(app)
     wait.until(lambda _: css("#img-input input[type=file]"))
-    css("#img-input input[type=file]")[0].send_keys(str(photo))
-    wait.until(lambda _: css("#img-input img"))  # uploaded and previewed
-    css("#img-restore")[0].click()
-    try:
-        wait.until(lambda _: len(css("#img-result img")) >= 2 and css("#img-file a"))
-    except TimeoutException:
-        _shot(browser, "ui-browser-timeout.png")
-        raise
-    sizes = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#img-result img'))"
-        ".map(i => [i.naturalWidth, i.naturalHeight]);")
+    sizes = _upload_and_restore(browser, photo, "ui-browser-timeout.png")
     assert sizes == [[64, 64], [64, 64]]  # before (resized to the output) and after, ×2
     assert "photo-lipt-tiny-x2-sr" in css("#img-file")[0].text  # the full-fidelity download
     assert css("#img-file a")[0].get_attribute("href").endswith("photo-lipt-tiny-x2-sr.png")
@@ -148,17 +156,7 @@ def test_pick_iptv2_denoise_with_a_noise_level(app, browser, tmp_path):
     wait.until(lambda _: option())
     option()[0].click()
     wait.until(lambda _: visible("#extra-noise_level"))
-    css("#img-input input[type=file]")[0].send_keys(str(photo))
-    wait.until(lambda _: css("#img-input img"))
-    css("#img-restore")[0].click()
-    try:
-        wait.until(lambda _: len(css("#img-result img")) >= 2 and css("#img-file a"))
-    except TimeoutException:
-        _shot(browser, "ui-browser-iptv2-timeout.png")
-        raise
-    sizes = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#img-result img'))"
-        ".map(i => [i.naturalWidth, i.naturalHeight]);")
+    sizes = _upload_and_restore(browser, photo, "ui-browser-iptv2-timeout.png")
     assert sizes == [[32, 32], [32, 32]]  # same-size restoration
     assert "noisy-iptv2-tiny-x1-denoise" in css("#img-file")[0].text
     assert not css(".toast-body.error")
