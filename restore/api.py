@@ -33,6 +33,7 @@ class Restorer:
     last_route: object = None  # RouteMap of the latest routed call
     task: str = ""  # what the weights restore: "sr", "denoise", "deblur" (set by load_restorer)
     noise_level: float | None = None  # σ (0–255) hint for restorers that take one; None = blind
+    ensemble: bool = False  # the engine averages the 8 flips/rotations (restore.pipeline.ensemble)
     _router: object = None
 
     @property
@@ -58,6 +59,8 @@ class Restorer:
             return False
         if not self.spec.subnets:
             raise ValueError(f"{self.spec.name} has no subnets to route between (use --route off)")
+        if self.ensemble:
+            raise ValueError("self-ensemble and patch routing do not combine: drop one")
         return True
 
     def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
@@ -94,15 +97,19 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
                   backend: str = "auto", weights: str | Path | None = None, threads: int | None = None,
                   allow_untrained: bool = False, engines_dir: str | Path | None = None,
                   routing: str = "off", route_budget_ms: float | None = None, task: str | None = None,
-                  noise_level: float | None = None) -> Restorer:
+                  noise_level: float | None = None, ensemble: bool = False) -> Restorer:
     """Build the named restorer with its shipped weights on the chosen backend.
 
     `task` picks the weights of a restorer with several tasks (iptv2: denoise, deblur; sr above
     scale 1); `noise_level` (σ on the 0–255 scale) is the hint for restorers that take one.
     Raises ValueError / registry.UnknownRestorer / WeightsError with one-line messages.
+    `ensemble` averages the network over the eight flips/rotations of the input (8x the time).
     `allow_untrained` runs a randomly initialised network (benchmarks and tests only).
     """
     spec = registry.get(name)
+    if ensemble and (routing != "off" or route_budget_ms is not None):
+        raise ValueError("self-ensemble and patch routing do not combine (routing is for speed, the "
+                         "ensemble for quality): drop one")
     variant = spec.check_variant(variant)
     scale = spec.check_scale(scale or spec.default_scale)
     if task is None and weights:  # explicit weights say what they were trained for
@@ -138,9 +145,13 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
     sha = manifest.get("sha256") or ("untrained" if path is None else path.name)
     engine = make_engine(model, backend, name=spec.name, variant=variant, scale=scale,
                          weights_sha256=sha, threads=threads, engines_dir=engines_dir)
+    if ensemble:
+        from restore.pipeline.ensemble import SelfEnsemble
+
+        engine = SelfEnsemble(engine)
     restorer = Restorer(spec, variant, scale, model, engine, path, manifest, routing=routing,
                         route_budget_ms=route_budget_ms, backend_request=backend, threads=threads,
-                        engines_dir=engines_dir, task=task, noise_level=noise_level)
+                        engines_dir=engines_dir, task=task, noise_level=noise_level, ensemble=ensemble)
     if routing != "off" or route_budget_ms is not None:
         restorer._routed(routing, route_budget_ms)  # one-line error now for a restorer without subnets
         from restore.routing.decide import MODES

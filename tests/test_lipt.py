@@ -1,6 +1,7 @@
 """LIPT: structure, parameter counts, reparameterisation and official checkpoint loading."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,3 +225,80 @@ def test_plain_init_starts_blocks_as_identity():
     x = torch.rand(1, 28, 16, 16)
     with torch.no_grad():
         assert torch.allclose(block(x), x)
+
+
+def _attention_logit_std(model, x):
+    """Mean std of the attention logits q·q over the model's softmax calls on `x`."""
+    seen = []
+    real = torch.softmax
+
+    def spy(t, dim=-1):
+        seen.append(t.std(-1).mean().item())
+        return real(t, dim=dim)
+
+    torch.softmax = spy
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        torch.softmax = real
+    return float(np.mean(seen))
+
+
+def test_plain_training_graph_keeps_attention_logits_in_softmax_range():
+    """Folding project_inp's BatchNorm before training leaves q·q in the thousands (one-hot
+    softmax, no gradient); the plain training graph keeps the BatchNorm and the logits sane."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    folded = lipt.build("tiny", 2, deploy=True).init_plain().train()
+    kept = lipt.build("tiny", 2).plain_training_graph().init_plain()
+    assert _attention_logit_std(folded, x) > 100
+    assert _attention_logit_std(kept, x) < 20
+    assert not any(isinstance(m, RepConv3x3) for m in kept.modules())  # the HRMs are folded ...
+    assert isinstance(kept.body[0].modules_nvsm_sa.smmsa_0.project_inp[1], torch.nn.BatchNorm2d)  # ... BN kept
+
+
+def test_plain_training_graph_folds_to_the_same_outputs():
+    torch.manual_seed(0)
+    model = lipt.build("tiny", 2).plain_training_graph()
+    for m in model.modules():  # non-trivial statistics and affine in every BatchNorm
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-2, 2), m.running_var.uniform_(0.5, 3)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-1, 1)
+    model.eval().double()  # float64: the untrained net's outputs reach ~50, beyond fp32's 1e-4
+    x = torch.rand(1, 3, 24, 32, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.reparameterize()(x)
+    assert model.is_reparameterized
+    assert (before - after).abs().max().item() < 1e-4
+
+
+def test_a_folded_plain_run_is_adopted_with_values_kept_and_queries_normalised():
+    torch.manual_seed(0)
+    old = lipt.build("tiny", 2, deploy=True).init_plain()
+    for m in old.modules():  # a "trained" net: non-zero residual branches
+        if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
+            m.weight.data.normal_(0, 0.05)
+    old.eval()
+    batch = torch.rand(4, 3, 32, 32)
+    new = lipt.build("tiny", 2).plain_training_graph()
+    state = new.adopt_folded_projections(old.state_dict(), batch)
+    new.load_state_dict(state)
+    assert new.adopt_folded_projections(new.state_dict(), batch) is None  # nothing left to convert
+    # The first block sees the same input in both nets: compare its projections there.
+    outs = {}
+    for tag, net in (("old", old), ("new", new)):
+        sa = net.body[0].modules_nvsm_sa.smmsa_0
+        sa.project_inp.register_forward_hook(lambda mod, i, o, tag=tag: outs.__setitem__(tag, o))
+        with torch.no_grad():
+            net.eval()(batch)
+    half = 14
+    values = [slice(half, 2 * half), slice(3 * half, 4 * half)]
+    queries = [slice(0, half), slice(2 * half, 3 * half)]
+    for v in values:
+        assert torch.allclose(outs["new"][:, v], outs["old"][:, v], atol=1e-3)
+    for q in queries:
+        assert outs["new"][:, q].mean((0, 2, 3)).abs().max() < 1e-3
+        assert (outs["new"][:, q].var((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-2
+        assert outs["old"][:, q].std() > 5  # the old queries were far from unit scale

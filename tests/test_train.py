@@ -143,3 +143,23 @@ def test_loss_choice_is_recorded_and_kept_on_resume(tmp_path):
     assert train_main(common + ["--resume", "--steps", "2"]) == 0
     manifest = json.loads((weights / "lipt-tiny-x2-sr.json").read_text())
     assert "rfft2" in manifest["training"]["loss"]
+
+
+def test_a_plain_run_from_before_the_projection_batchnorm_resumes_converted(tmp_path, capsys):
+    """Plain LIPT runs used to fold project_inp's BatchNorm (attention logits saturated); resuming
+    one converts it to the current plain graph instead of failing on the state-dict keys."""
+    from restore.models import lipt
+
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    common = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--patch", "16", "--batch", "2", "--plain",
+              "--run", str(run), "--threads", "1", "--val-count", "0", "--warmup", "1", "--no-export"]
+    assert train_main(common + ["--data", str(photos), "--steps", "1"]) == 0
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert "body.0.modules_nvsm_sa.smmsa_0.project_inp.1.running_var" in state["model"]
+    old = lipt.build("tiny", 2, deploy=True).init_plain()
+    state["model"], state["optimizer"] = old.state_dict(), None
+    torch.save(state, run / "last.pt")
+    assert train_main(common + ["--resume", "--steps", "2"]) == 0
+    assert "converted a plain run" in capsys.readouterr().out
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2

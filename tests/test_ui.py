@@ -136,6 +136,18 @@ def test_routed_image_comes_back_with_its_routing_map(files, tmp_path):
     assert "no routing map" not in res.info
 
 
+def test_image_tab_self_ensemble_over_the_api(client, files):
+    plain = client.predict(*image_args(files / "photo8.png"), api_name="/restore_image")
+    assert ui.extra_names() == ["noise_level"]  # its slider: 0 = blind; then ensemble, last by design
+    extras = [0]
+    ens = client.predict(*image_args(files / "photo8.png"), *extras, True, api_name="/restore_image")
+    assert "self-ensemble" in ens[3] and "self-ensemble" not in plain[3]
+    a, b = read_image(plain[1]).rgb, read_image(ens[1]).rgb
+    assert a.shape == b.shape and 0 < np.abs(a - b).mean() < 0.02
+    with pytest.raises(Exception, match="do not combine"):
+        client.predict(*image_args(files / "photo8.png", routing="fast"), *extras, True, api_name="/restore_image")
+
+
 def test_missing_weights_is_a_one_line_gr_error(files):
     state = ui.UIState(backend="torch", allow_untrained=False)
     with pytest.raises(gr.Error) as e:

@@ -264,9 +264,81 @@ class LIPT(nn.Module):
                 module.reparameterize()
         return self
 
+    plain_graph_label = "HRMs as plain 3x3 convs; BatchNorm after project_inp (folded at export)"
+
+    def plain_training_graph(self) -> "LIPT":
+        """The graph `restore train --plain` trains: every HRM folded to its single 3x3 conv (the
+        six-branch RepConvs cost 4x per step on a CPU), but the BatchNorm after `project_inp` kept,
+        as in the paper's training graph; `reparameterize()` folds it after training.
+
+        Why the BatchNorm stays: Q doubles as K with no 1/sqrt(d) scale, and the residual stream
+        works in [0, 255], so without normalisation the logits q·q come out in the hundreds to
+        thousands. Softmax is then one-hot and passes no gradient: a net trained that way
+        (our first plain runs) ends with attention that is ~97 % on one token, a CNN in disguise.
+        """
+        self.train()
+        for module in self.modules():
+            if isinstance(module, HRM):
+                module.reparameterize()
+        return self
+
+    @torch.no_grad()
+    def adopt_folded_projections(self, state: dict, lr_batch: torch.Tensor) -> dict | None:
+        """Convert a state dict from a plain run whose `project_inp` was folded (no BatchNorm) to
+        `plain_training_graph()`; None when `state` needs no conversion.
+
+        The value channels keep their function (BatchNorm statistics and affine set so that the
+        layer is the identity on `lr_batch`); the query channels are normalised to zero mean and
+        unit variance, which brings the saturated attention logits back into softmax's working
+        range (the function changes there; training then re-learns the attention).
+        """
+        folded = [k[: -len(".project_inp.weight")] for k in state if k.endswith(".project_inp.weight")]
+        if not folded:
+            return None
+        state = dict(state)
+        own = self.state_dict()
+        for prefix in folded:
+            state[f"{prefix}.project_inp.0.weight"] = state.pop(f"{prefix}.project_inp.weight")
+            state[f"{prefix}.project_inp.0.bias"] = state.pop(f"{prefix}.project_inp.bias")
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                state[f"{prefix}.project_inp.1.{name}"] = own[f"{prefix}.project_inp.1.{name}"].clone()
+        self.load_state_dict(state)
+        # Measure each projection's output on the batch: forward hooks see the conv outputs.
+        stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = []
+        for name, module in self.named_modules():
+            if isinstance(module, NVSMSA) and isinstance(module.project_inp, nn.Sequential):
+                def grab(mod, inp, out, name=name):
+                    stats[name] = (out.mean((0, 2, 3)), out.var((0, 2, 3), unbiased=False))
+                hooks.append(module.project_inp[0].register_forward_hook(grab))
+        was_training = self.training
+        self.eval()
+        # Eval-mode BatchNorms with default statistics are the identity, so each block sees
+        # exactly what the folded net computed when its statistics are taken.
+        self(lr_batch)
+        for h in hooks:
+            h.remove()
+        for name, module in self.named_modules():
+            if name not in stats:
+                continue
+            bn = module.project_inp[1]
+            mean, var = stats[name]
+            std = torch.sqrt(var + bn.eps)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            gamma, beta = std.clone(), mean.clone()  # identity for every channel ...
+            half = module.channels // 2
+            if module.calc_attn:  # ... but the queries: channels [0, half) and [2·half, 3·half)
+                for lo in (0, 2 * half):
+                    gamma[lo:lo + half], beta[lo:lo + half] = 1.0, 0.0
+            bn.weight.copy_(gamma)
+            bn.bias.copy_(beta)
+        self.train(was_training)
+        return self.state_dict()
+
     @torch.no_grad()
     def init_plain(self) -> "LIPT":
-        """Initialise a reparameterised model for training the folded graph directly.
+        """Initialise a folded model (`plain_training_graph()` or reparameterised) for training.
 
         Without the multi-branch BatchNorms, ~50 residual branches at default init blow the
         activations up (the [0, 255] working range makes it worse). Zeroing the last layer of

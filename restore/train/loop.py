@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         check = (lambda: validate_same_size(model, fixed, device)) if fixed else None
         train_images = train.images
     if args.plain:
-        model.reparameterize()
+        # A model may keep what its optimisation needs (LIPT: the BatchNorm after project_inp).
+        getattr(model, "plain_training_graph", model.reparameterize)()
         if hasattr(model, "init_plain"):
             model.init_plain()
     model.train().to(device)
@@ -237,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         if state["plain"] != args.plain:
             log("error: --plain must match the run being resumed")
             return 2
+        adopt = getattr(model, "adopt_folded_projections", None) if args.plain else None
+        converted = adopt(state["model"], train.sample(np.random.default_rng(args.seed), batch, patch)[0].to(device)) \
+            if adopt is not None else None
+        if converted is not None:
+            log("converted a plain run without project_inp BatchNorm to the current graph "
+                "(queries renormalised; the optimiser starts afresh)")
+            state["model"], state["optimizer"] = converted, None
         model.load_state_dict(state["model"])
         if state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
-                "graph": "plain (folded) convs" if args.plain else "multi-branch (reparameterised after training)",
+                "graph": getattr(model, "plain_graph_label", "plain (folded) convs") if args.plain else "multi-branch (reparameterised after training)",
                 "init": args.init, "wall_time_min": round(elapsed / 60, 1),
                 "subnets": (f"width-sliced supernet, widths {list(deploy.subnet_widths)}, one width per step "
                             "drawn with probability proportional to its MACs squared (ARM)")
