@@ -16,6 +16,10 @@ from restore import registry
 from restore.weights import WeightsError, find_weights, load_state, read_manifest, weights_stem
 
 
+ENSEMBLE_WITH_ROUTING = ("self-ensemble and patch routing do not combine (routing is for speed, the "
+                         "ensemble for quality): drop one")
+
+
 @dataclass
 class Restorer:
     spec: registry.RestorerSpec
@@ -60,7 +64,7 @@ class Restorer:
         if not self.spec.subnets:
             raise ValueError(f"{self.spec.name} has no subnets to route between (use --route off)")
         if self.ensemble:
-            raise ValueError("self-ensemble and patch routing do not combine: drop one")
+            raise ValueError(ENSEMBLE_WITH_ROUTING)
         return True
 
     def restore_rgb(self, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
@@ -108,8 +112,7 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
     """
     spec = registry.get(name)
     if ensemble and (routing != "off" or route_budget_ms is not None):
-        raise ValueError("self-ensemble and patch routing do not combine (routing is for speed, the "
-                         "ensemble for quality): drop one")
+        raise ValueError(ENSEMBLE_WITH_ROUTING)
     variant = spec.check_variant(variant)
     scale = spec.check_scale(scale or spec.default_scale)
     if task is None and weights:  # explicit weights say what they were trained for

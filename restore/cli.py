@@ -46,6 +46,12 @@ def _add_model_args(p: argparse.ArgumentParser, scale_default: int | None = None
                         "(with --scale 2 or 4)")
 
 
+def _add_ensemble_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", action="store_true",
+                   help="self-ensemble: restore the 8 flips/rotations of each picture and average them; "
+                        "8x slower, typically 0.1-0.2 dB better (not with --route)")
+
+
 def _add_route_args(p: argparse.ArgumentParser, save_map: bool = False) -> None:
     p.add_argument("--route", default="off", choices=["off", "quality", "balanced", "fast"],
                    help="patch routing for restorers with subnets (fsrcnn, carn): each patch goes to bicubic or "
@@ -95,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-level", type=float, default=None, metavar="SIGMA",
                    help="denoising: the noise level of the input as σ on the 0-255 scale, if you know it "
                         "(default: blind, the network judges it)")
-    p.add_argument("--ensemble", action="store_true",
-                   help="self-ensemble: restore the 8 flips/rotations of each picture and average them; "
-                        "8x slower, typically 0.1-0.2 dB better (not with --route)")
+    _add_ensemble_arg(p)
     _add_route_args(p, save_map=True)
     p.add_argument("--dry-run", action="store_true", help="list what would be written, do nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -127,9 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoise: noise levels to test, σ on the 0-255 scale (default: 25 50)")
     p.add_argument("--known-sigma", action="store_true",
                    help="denoise: give the network the true σ as its noise-level hint (default: blind)")
-    p.add_argument("--ensemble", action="store_true",
-                   help="self-ensemble: restore the 8 flips/rotations of each picture and average them; "
-                        "8x slower, typically 0.1-0.2 dB better (not with --route)")
+    _add_ensemble_arg(p)
     _add_route_args(p)
     p.add_argument("--json", action="store_true", help="print per-image and mean scores as JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="print a line per image")
