@@ -48,6 +48,17 @@ class Restorer:
     def backend(self) -> str:
         return self.engine.name
 
+    def with_ensemble(self) -> "Restorer":
+        """A copy whose engine averages the 8 flips/rotations (restore.pipeline.ensemble); the
+        original, and its engine, are left as they are (the UI keeps them cached)."""
+        from dataclasses import replace
+
+        from restore.pipeline.ensemble import SelfEnsemble
+
+        if self.routing != "off" or self.route_budget_ms is not None:
+            raise ValueError(ENSEMBLE_WITH_ROUTING)
+        return replace(self, engine=SelfEnsemble(self.engine), ensemble=True, _router=None)
+
     def router(self):
         """The patch router over this restorer's subnets (built on first use)."""
         if self._router is None:
@@ -148,13 +159,11 @@ def load_restorer(name: str = "lipt", variant: str | None = None, scale: int | N
     sha = manifest.get("sha256") or ("untrained" if path is None else path.name)
     engine = make_engine(model, backend, name=spec.name, variant=variant, scale=scale,
                          weights_sha256=sha, threads=threads, engines_dir=engines_dir)
-    if ensemble:
-        from restore.pipeline.ensemble import SelfEnsemble
-
-        engine = SelfEnsemble(engine)
     restorer = Restorer(spec, variant, scale, model, engine, path, manifest, routing=routing,
                         route_budget_ms=route_budget_ms, backend_request=backend, threads=threads,
-                        engines_dir=engines_dir, task=task, noise_level=noise_level, ensemble=ensemble)
+                        engines_dir=engines_dir, task=task, noise_level=noise_level)
+    if ensemble:
+        restorer = restorer.with_ensemble()
     if routing != "off" or route_budget_ms is not None:
         restorer._routed(routing, route_budget_ms)  # one-line error now for a restorer without subnets
         from restore.routing.decide import MODES

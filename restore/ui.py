@@ -436,12 +436,8 @@ class UIState:
         if not self.is_cached(name, variant, scale, backend):
             _progress(progress, 0.1, self._load_note(name, variant, scale, backend))
         restorer, load_s = self.restorer(name, variant, scale, backend)
-        if ensemble:  # a per-call wrapper round the cached engine (restore.pipeline.ensemble)
-            from dataclasses import replace
-
-            from restore.pipeline.ensemble import SelfEnsemble
-
-            restorer = replace(restorer, engine=SelfEnsemble(restorer.engine), ensemble=True, _router=None)
+        if ensemble:  # a per-call copy; the cached restorer stays single-pass
+            restorer = restorer.with_ensemble()
         _progress(progress, 0.5, f"restoring on {restorer.backend}" + (" (self-ensemble: 8 passes)" if ensemble else ""))
         t0 = time.perf_counter()
         result = self.run_picture(restorer, picture, routing, extras)
