@@ -161,3 +161,17 @@ def test_pick_iptv2_denoise_with_a_noise_level(app, browser, tmp_path):
     assert "noisy-iptv2-tiny-x1-denoise" in css("#img-file")[0].text
     assert not css(".toast-body.error")
     _shot(browser, "ui-iptv2-denoise.png")
+
+
+def test_self_ensemble_checkbox_restores_and_says_so(app, browser, tmp_path):
+    y, x = np.mgrid[0:24, 0:40].astype(np.float32)
+    photo = write_image(tmp_path / "ens.png", np.stack([np.sin(x / 3), np.cos(y / 2), x * y / 960], -1) * 0.5 + 0.5)
+    wait = WebDriverWait(browser, 60)
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
+
+    browser.get(app)
+    wait.until(lambda _: css("#img-ensemble input[type=checkbox]"))
+    css("#img-ensemble input[type=checkbox]")[0].click()
+    sizes = _upload_and_restore(browser, photo, "ui-browser-ensemble-timeout.png")
+    assert sizes == [[80, 48], [80, 48]]
+    wait.until(lambda _: "self-ensemble" in css("#img-info")[0].text)
