@@ -177,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     stem = weights_stem(spec.name, variant, scale, task)
     saved = Path(args.run or f"runs/{stem}") / "last.pt"
     if args.resume and saved.exists():
-        # A resumed run keeps its hyper-parameters unless they are given again explicitly.
+        # A resumed run keeps its hyper-parameters unless they are given again explicitly, and its
+        # --init for the manifest's record (the weights come from the checkpoint, not from --init).
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
-        for key in ("steps", "batch", "patch", "lr", "data", "loss"):
+        for key in ("steps", "batch", "patch", "lr", "data", "loss", "init"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
