@@ -126,7 +126,7 @@ def test_spectral_loss_is_a_distance_that_pulls_towards_the_target():
     assert spectral_l1(blurred - 0.05 * y.grad / y.grad.abs().max(), img) < spectral_l1(blurred, img)
     assert x.grad.abs().sum() > 0 and "rfft2" in label
     try:
-        get_loss("l2")
+        get_loss("l3")
     except ValueError as e:
         assert "unknown loss" in str(e)
     else:
@@ -167,3 +167,81 @@ def test_a_plain_run_from_before_the_projection_batchnorm_resumes_converted(tmp_
     assert train_main(common + ["--resume", "--steps", "2"]) == 0
     assert "converted a plain run" in capsys.readouterr().out
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_schedule_can_follow_a_time_budget():
+    from restore.train.loop import lr_at
+
+    assert lr_at(500, 10 ** 12, 1.0, 10, progress=0.0) == 1.0  # past warm-up: the peak at t = 0
+    assert abs(lr_at(500, 10 ** 12, 1.0, 10, progress=0.5) - 0.505) < 1e-9
+    assert abs(lr_at(500, 10 ** 12, 1.0, 10, progress=1.0) - 0.01) < 1e-9
+    assert lr_at(0, 10 ** 12, 1.0, 10, progress=0.9) == 0.1  # warm-up still counts in steps
+
+
+def test_weight_average_follows_the_weights_and_keeps_buffers():
+    from restore.train.loop import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(0.0)
+    avg = WeightAverage(net, decay=0.5)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[1].running_mean.fill_(3.0)
+    avg.update(net)  # ramp: d = min(0.5, 2/11) = 2/11
+    assert abs(avg.model[0].weight.item() - 9 / 11) < 1e-6
+    assert avg.model[1].running_mean.item() == 3.0
+    for _ in range(40):
+        avg.update(net)
+    assert abs(avg.model[0].weight.item() - 1.0) < 1e-6
+    assert net[0].weight.requires_grad and not avg.model[0].weight.requires_grad
+
+
+def test_prefetched_batches_are_those_of_a_serial_loop(tmp_path):
+    from restore.train.loop import Prefetcher
+
+    pairs = SRPairs.from_folders([make_photos(tmp_path / "photos")], 2, 16, log=lambda m: None)
+    serial_rng = np.random.default_rng(5)
+    expected = [pairs.sample(serial_rng, 3, 16) for _ in range(4)]
+    batches = Prefetcher(pairs.sample, np.random.default_rng(5), 3, 16, depth=2)
+    got = [batches.next() for _ in range(4)]
+    batches.close()
+    for (lr_a, hr_a), (lr_b, hr_b) in zip(expected, got):
+        assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
+
+
+def test_timed_run_with_weight_average_exports_the_average(tmp_path):
+    """--minutes ends the run by the clock; --ema exports the averaged weights, records the
+    average in the manifest and the photos' original sources from a packed SOURCES.txt."""
+    photos = make_photos(tmp_path / "photos")
+    (photos / "SOURCES.txt").write_text("# packed\np0.png\t/somewhere/original0.png\n")
+    run, weights = tmp_path / "run", tmp_path / "weights"
+    args = ["--model", "rtsr", "--scale", "2", "--patch", "16", "--batch", "2", "--threads", "1",
+            "--val-count", "1", "--warmup", "1", "--log-every", "1000", "--ema", "0.9", "--lr", "1e-2",
+            "--minutes", "0.02", "--data", str(photos), "--run", str(run), "--weights-dir", str(weights)]
+    assert train_main(args) == 0
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] > 5 and state["ema"]["updates"] == state["step"]
+    manifest = json.loads((weights / "rtsr-c16-x2-sr.json").read_text())
+    assert manifest["training"]["steps"] == state["step"] and manifest["training"]["weight_average"] == 0.9
+    assert manifest["training"]["data_sources"] == ["/somewhere/original0.png"]
+    assert manifest["training"]["history"][-1]["step"] == state["step"]  # a final validation
+    exported = load_state(weights / "rtsr-c16-x2-sr.safetensors")
+    key = next(k for k in exported if k.endswith("weight"))
+    assert torch.equal(exported[key], state["ema"]["model"][key])
+    assert not torch.equal(exported[key], state["model"][key])
+    # Resumed, a timed run keeps its budget: a longer --minutes trains on for the difference only.
+    assert 1.0 <= state["timed_s"] < 3.0
+    assert train_main(["--model", "rtsr", "--scale", "2", "--run", str(run), "--resume", "--minutes", "0.04",
+                       "--no-export", "--threads", "1"]) == 0
+    again = torch.load(run / "last.pt", weights_only=False)
+    assert again["step"] > state["step"] and 2.4 <= again["timed_s"] < 4.5
+    assert again["args"]["ema"] == 0.9 and again["ema"]["updates"] == again["step"]
+
+
+def test_l2_loss_is_the_mean_squared_error():
+    from restore.train.losses import get_loss
+
+    fn, label = get_loss("l2")
+    a, b = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+    assert abs(fn(a, b).item() - 0.25) < 1e-7 and "MSE" in label

@@ -45,12 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", help="folders (searched recursively) or files of HR photos "
                                               "(a resumed run reuses its own)")
     p.add_argument("--steps", type=int, help="total optimiser steps")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for this many minutes of wall time instead of a step count: the cosine "
+                        "schedule runs over the time (for a GPU lent for a fixed time; --steps is ignored)")
     p.add_argument("--batch", type=int, help="patches per step")
     p.add_argument("--patch", type=int, help="LR patch size in pixels (multiple of the model's size multiple)")
     p.add_argument("--lr", type=float, help="peak learning rate (Adam; cosine decay to 1%%)")
-    p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default), or l1+fft, which adds "
-                                                      "an L1 term on the image spectra (helps deblurring)")
+    p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default); l2 (MSE, for a short last "
+                                                      "phase that buys PSNR); or l1+fft, which adds an L1 term on "
+                                                      "the image spectra (helps deblurring)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default: 200)")
+    p.add_argument("--ema", type=float, default=None,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) "
+                        "and validate and export it (default: off)")
     p.add_argument("--run", default=None, help="run folder for checkpoints and logs (default: runs/<stem>)")
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
     p.add_argument("--init", help="initialise from a checkpoint or .safetensors (tensors of matching shape only, "
@@ -67,16 +74,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights-dir", default=None, help="where to write the final weights (default: weights/)")
     p.add_argument("--no-export", action="store_true", help="do not write weights at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the photos, build and initialise the model, run one patch through it on the "
+                        "device and print the plan; train and write nothing")
     p.add_argument("--export-only", action="store_true",
                    help="with --resume: write weights from the checkpoint without training further")
     return p
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int, progress: float | None = None) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 1 % of `peak` at `total` steps, or,
+    when `progress` (0..1, e.g. the share of a time budget used) is given, at progress 1."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
+    t = (step - warmup) / max(1, total - warmup) if progress is None else progress
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (buffers are copied as they are).
+
+    The decay ramps up as (1 + n) / (10 + n) so the first steps do not drag in the
+    initialisation; the averaged copy is what validation and export see."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for mine, theirs in zip(self.model.parameters(), model.parameters()):
+            mine.lerp_(theirs.detach(), 1.0 - d)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["model"])
+
+
+class Prefetcher:
+    """Draws training batches in a background thread, so that cropping and degrading (deblur:
+    a blur per patch) overlap with the optimiser step instead of stalling it. Batches come
+    out in the same order as a serial loop drawing from `rng` would make them."""
+
+    def __init__(self, sample, rng: np.random.Generator, batch: int, patch: int, depth: int = 3,
+                 pin: bool = False):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+        def work():
+            while not self._stop.is_set():
+                item = sample(rng, batch, patch)
+                if pin:
+                    item = tuple(t.pin_memory() for t in item)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+
+        self._thread = threading.Thread(target=work, daemon=True, name="batches")
+        self._thread.start()
+
+    def next(self):
+        return self._queue.get()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -120,6 +197,17 @@ def subnet_sampler(model, log):
     log("supernet widths " + ", ".join(f"{w} ({m / 1e6:.0f} M MACs/32x32, p={q:.2f})"
                                        for w, m, q in zip(widths, macs, p)))
     return lambda rng: int(rng.choice(widths, p=p))
+
+
+def packed_sources(folders) -> list[str] | None:
+    """Where packed copies came from: the lines of a SOURCES.txt in a data folder (written by
+    tools/device/pack.py), so weights trained on a copy still name the original photos."""
+    lines: list[str] = []
+    for folder in folders:
+        listing = Path(folder) / "SOURCES.txt"
+        if listing.is_file():
+            lines += [ln.split("\t")[-1] for ln in listing.read_text().splitlines() if ln and not ln.startswith("#")]
+    return lines or None
 
 
 @torch.no_grad()
@@ -180,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         # A resumed run keeps its hyper-parameters unless they are given again explicitly, and its
         # --init for the manifest's record (the weights come from the checkpoint, not from --init).
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
-        for key in ("steps", "batch", "patch", "lr", "data", "loss", "init"):
+        for key in ("steps", "minutes", "batch", "patch", "lr", "data", "loss", "init", "ema"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
@@ -191,18 +279,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
+            return 2
+        # TF32 matmuls/convs: several times faster on recent GPUs, far below L1-loss noise.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     if not args.data:
         print("error: --data is required (folders of training photos)", file=sys.stderr)
         return 2
+    if args.minutes is not None and args.minutes <= 0:
+        print("error: --minutes must be positive", file=sys.stderr)
+        return 2
     run = Path(args.run or f"runs/{stem}")
-    run.mkdir(parents=True, exist_ok=True)
-    log_file = open(run / "train.log", "a")
+    log_file = None
+    if not args.dry_run:
+        run.mkdir(parents=True, exist_ok=True)
+        log_file = open(run / "train.log", "a")
 
     def log(msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+        if log_file is not None:
+            log_file.write(line + "\n")
+            log_file.flush()
 
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
@@ -229,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             model.init_plain()
     model.train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=peak_lr, betas=(0.9, 0.99))
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, timed_s = 0, 0.0, [], 0.0
+    ema = WeightAverage(model, args.ema) if args.ema else None
     ckpt = run / "last.pt"
     if args.resume:
         if not ckpt.exists():
@@ -250,22 +353,37 @@ def main(argv: list[str] | None = None) -> int:
         if state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        timed_s = state.get("timed_s", 0.0)  # of a --minutes run: the part of its budget already used
+        if ema is not None:
+            if state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            else:  # a run without an average so far starts one from its current weights
+                ema = WeightAverage(model, args.ema)
         log(f"resumed {ckpt} at step {step}" + ("" if state.get("optimizer") is not None else
                                                 " (slim checkpoint: the optimiser starts afresh)"))
     elif args.init:
         log(f"initialised {load_matching(model, args.init)} tensors from {args.init}")
+        if ema is not None:
+            ema = WeightAverage(model, args.ema)
     if args.export_only:
         if not args.resume:
             log("error: --export-only needs --resume")
             return 2
         steps = step
     rng = np.random.default_rng(args.seed + step)  # a resumed run draws fresh patches
+    width_rng = np.random.default_rng(args.seed + step + 1)
     torch.manual_seed(args.seed + step)
     width_draw = subnet_sampler(model, log)
+    averaged = ema.model if ema is not None else model  # what validation and export see
+    if check is not None and ema is not None:
+        check = (lambda: validate(averaged, val, device)) if task == "sr" else \
+            (lambda: validate_same_size(averaged, fixed, device))
 
     def save_checkpoint() -> None:
         atomic_torch_save({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+            "ema": ema.state_dict() if ema is not None else None,
+            "timed_s": timed_s + (time.time() - t_start if budget_s is not None else 0.0),
             "history": history, "plain": args.plain, "restorer": spec.name, "variant": variant, "scale": scale,
             "task": task,
             "args": vars(args)}, ckpt)
@@ -276,29 +394,56 @@ def main(argv: list[str] | None = None) -> int:
         stop["now"] = True
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    log(f"training {stem} ({'plain' if args.plain else 'multi-branch'} graph) for {steps} steps, "
-        f"batch {batch} x {patch}px LR, lr {peak_lr:g}, loss {loss_label}, {torch.get_num_threads()} threads, run {run}")
-    t_mark, loss_acc, n_acc = time.time(), 0.0, 0
-    while step < steps and not stop["now"]:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, peak_lr, args.warmup)
+    budget_s = 60.0 * args.minutes if args.minutes and not args.export_only else None
+    if budget_s is not None:
+        steps = 10 ** 12  # the clock ends the run; the manifest records the steps actually made
+    goal = f"{args.minutes:g} minutes" if budget_s is not None else f"{steps} steps"
+    log(f"training {stem} ({'plain' if args.plain else 'multi-branch'} graph) for {goal}, "
+        f"batch {batch} x {patch}px LR, lr {peak_lr:g}, loss {loss_label}"
+        + (f", weight average {args.ema:g}" if ema is not None else "")
+        + f", {torch.get_num_threads()} threads on {device}, run {run}")
+    if args.dry_run:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         lr_batch, hr_batch = train.sample(rng, batch, patch)
+        with torch.no_grad():
+            out = model(lr_batch[:1].to(device))
+        if out.shape[1:] != hr_batch.shape[1:]:
+            log(f"error: the model makes {tuple(out.shape[1:])} from a patch, the target is {tuple(hr_batch.shape[1:])}")
+            return 1
+        log(f"dry run: batches of {tuple(lr_batch.shape)} -> {tuple(hr_batch.shape)} fit; nothing trained or written")
+        return 0
+    batches = Prefetcher(train.sample, rng, batch, patch, pin=device.type == "cuda") if step < steps else None
+    t_start = t_mark = time.time()
+    loss_acc, n_acc, first = 0.0, 0, step
+    while step < steps and not stop["now"]:
+        used = (timed_s + time.time() - t_start) / budget_s if budget_s is not None else None
+        if used is not None and used >= 1.0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, peak_lr, args.warmup, used)
+        lr_batch, hr_batch = batches.next()
         if width_draw is not None:  # supernet: one subnet width for the whole batch
-            set_width(model, width_draw(rng))
-        out = model(lr_batch.to(device))
-        loss = loss_fn(out, hr_batch.to(device))
+            set_width(model, width_draw(width_rng))
+        out = model(lr_batch.to(device, non_blocking=True))
+        loss = loss_fn(out, hr_batch.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
         loss_acc, n_acc = loss_acc + loss.item(), n_acc + 1
         if step % args.log_every == 0 or step == steps:
             now = time.time()
             elapsed += now - t_mark
             t_mark = now
-            rate = step / max(elapsed, 1e-9)
-            eta = (steps - step) / max(rate, 1e-9)
-            msg = f"step {step}/{steps} loss {loss_acc / n_acc:.4f} {rate:.2f} step/s ETA {eta / 60:.0f} min"
+            rate = (step - first) / max(now - t_start, 1e-9)
+            if budget_s is not None:
+                left = max(0.0, budget_s - timed_s - (now - t_start)) / 60
+                msg = f"step {step} loss {loss_acc / n_acc:.4f} {rate:.2f} step/s {left:.0f} min left"
+            else:
+                msg = f"step {step}/{steps} loss {loss_acc / n_acc:.4f} {rate:.2f} step/s ETA {(steps - step) / max(rate, 1e-9) / 60:.0f} min"
             if check is not None and (step % (args.log_every * 10) == 0 or step == steps):
                 score = check()
                 key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
@@ -308,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
             loss_acc, n_acc = 0.0, 0
         if step % args.ckpt_every == 0:
             save_checkpoint()
+    if batches is not None:
+        batches.close()
+    if budget_s is not None and not stop["now"] and check is not None:
+        score = check()  # the end of a timed run falls between validation steps
+        history.append({"step": step, ("val_psnr_y" if task == "sr" else "val_psnr_rgb"): round(score, 3),
+                        "elapsed_s": round(elapsed + time.time() - t_mark)})
+        log(f"time is up at step {step}: val {score:.2f} dB")
     elapsed += time.time() - t_mark
     for sig, handler in previous.items():
         signal.signal(sig, handler)
@@ -317,20 +469,22 @@ def main(argv: list[str] | None = None) -> int:
         log(f"stopped at step {step}; continue with --resume")
         return 130
     if not args.no_export:
-        set_width(model, None)
-        deploy = copy.deepcopy(model).cpu().eval()
+        set_width(averaged, None)
+        deploy = copy.deepcopy(averaged).cpu().eval()
         deploy.reparameterize()
         manifest = {
             "restorer": spec.name, "variant": variant, "scale": scale, "task": task,
             "config": getattr(getattr(deploy, "config", None), "to_dict", dict)(),
             "training": {
-                "data": [str(x) for x in args.data], "images": len(train_images),
+                "data": [str(x) for x in args.data], "data_sources": packed_sources(args.data),
+                "images": len(train_images),
                 "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
                 "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
                 "graph": getattr(model, "plain_graph_label", "plain (folded) convs") if args.plain else "multi-branch (reparameterised after training)",
                 "init": args.init, "wall_time_min": round(elapsed / 60, 1),
+                "weight_average": args.ema,
                 "subnets": (f"width-sliced supernet, widths {list(deploy.subnet_widths)}, one width per step "
                             "drawn with probability proportional to its MACs squared (ARM)")
                            if getattr(deploy, "subnet_widths", None) else None,

@@ -1,6 +1,8 @@
 """Training losses, by name (`restore train --loss`).
 
 - "l1": mean absolute error in pixels, the default for every restorer.
+- "l2": mean squared error, for a short last phase: PSNR is a function of the MSE, so an L1-trained
+  network gains a little PSNR from a few thousand steps of L2 at a low learning rate.
 - "l1+fft": L1 plus 0.1 × the L1 distance between the 2-D spectra (real and imaginary parts
   of rfft2), as MIMO-UNet trains deblurring. A blurred image differs from a sharp one mostly in
   weak high frequencies, which pixel L1 barely sees; the spectral term weighs every frequency
@@ -18,6 +20,10 @@ def l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(out, target)
 
 
+def l2(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, target)
+
+
 def spectral_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean |Re, Im| difference of the orthonormal rfft2 over the last two axes."""
     a = torch.view_as_real(torch.fft.rfft2(out.float(), norm="ortho"))
@@ -29,7 +35,7 @@ def l1_fft(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return l1(out, target) + FFT_WEIGHT * spectral_l1(out, target)
 
 
-LOSSES = {"l1": (l1, "L1"), "l1+fft": (l1_fft, f"L1 + {FFT_WEIGHT:g} x L1 of the rfft2 spectra (MIMO-UNet)")}
+LOSSES = {"l1": (l1, "L1"), "l2": (l2, "L2 (MSE)"), "l1+fft": (l1_fft, f"L1 + {FFT_WEIGHT:g} x L1 of the rfft2 spectra (MIMO-UNet)")}
 
 
 def get_loss(name: str):
