@@ -245,3 +245,20 @@ def test_l2_loss_is_the_mean_squared_error():
     fn, label = get_loss("l2")
     a, b = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
     assert abs(fn(a, b).item() - 0.25) < 1e-7 and "MSE" in label
+
+
+def test_resume_takes_the_restorer_from_the_run_and_refuses_a_conflict(tmp_path, capsys):
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    assert train_main(["--model", "rtsr", "--scale", "4", "--patch", "16", "--batch", "2", "--steps", "1",
+                       "--threads", "1", "--val-count", "0", "--warmup", "1", "--data", str(photos),
+                       "--run", str(run), "--no-export"]) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", "--run", str(run), "--steps", "2", "--no-export", "--threads", "1"]) == 0
+    assert "rtsr-c16-x4-sr" in capsys.readouterr().out
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+    assert train_main(["--resume", "--run", str(run), "--scale", "2", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scale 4, not 2" in err
+    assert train_main(["--model", "nope", "--data", str(photos)]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown restorer 'nope'")

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a restorer on a folder of photos (degradations are made on the fly).",
         epilog="Example: restore train --model lipt --variant tiny --scale 2 --data ~/DIV2K/train --steps 20000",
     )
-    p.add_argument("--model", default="lipt", help="restorer name (default: lipt)")
+    p.add_argument("--model", help="restorer name (default: lipt, or the resumed run's)")
     p.add_argument("--variant", help="model variant (default: the restorer's default)")
     p.add_argument("--scale", type=int, default=None, help="SR scale (default: the restorer's)")
     p.add_argument("--task", help="what to train for, for restorers with several tasks: denoise, deblur, sr "
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
     p.add_argument("--init", help="initialise from a checkpoint or .safetensors (tensors of matching shape only, "
                                   "e.g. start x4 from x2)")
-    p.add_argument("--plain", action="store_true",
+    p.add_argument("--plain", action="store_true", default=None,
                    help="train the folded (inference) graph directly instead of the multi-branch training "
                         "graph: ~4x faster per step on CPU, at some cost in final quality")
     p.add_argument("--max-side", type=int, default=2048, help="shrink photos whose long side exceeds this")
@@ -251,16 +251,41 @@ def validate(model, pairs: SRPairs, device) -> float:
     return float(np.mean(scores))
 
 
+def adopt_run_identity(args) -> None:
+    """`--resume --run DIR` needs no --model/--variant/--scale/--task/--plain: they come from the
+    checkpoint. Given and different, they are an error (the weights would not fit)."""
+    if not (args.resume and args.run and (Path(args.run) / "last.pt").exists()):
+        return
+    state = torch.load(Path(args.run) / "last.pt", map_location="cpu", weights_only=False)
+    saved = {"model": state.get("restorer"), "variant": state.get("variant"), "scale": state.get("scale"),
+             "task": state.get("task"), "plain": state.get("plain")}
+    for key, value in saved.items():
+        given = getattr(args, key)
+        if value is None:
+            continue
+        if given is None:
+            setattr(args, key, value)
+        elif given != value:
+            flag = "--" + key
+            raise ValueError(f"{args.run} is a run of {key} {value}, not {given}: drop {flag} or pick another --run")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    spec = registry.get(args.model)
-    variant = spec.check_variant(args.variant)
-    scale = spec.check_scale(args.scale or spec.default_scale)
     try:
+        adopt_run_identity(args)
+        args.model, args.plain = args.model or "lipt", bool(args.plain)
+        spec = registry.get(args.model)
+        variant = spec.check_variant(args.variant)
+        scale = spec.check_scale(args.scale or spec.default_scale)
         task = spec.check_task(args.task, scale)
-    except ValueError as e:
+        return _train(args, spec, variant, scale, task)
+    except (ValueError, registry.UnknownRestorer, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _train(args, spec, variant: str, scale: int, task: str) -> int:
     d = spec.train_defaults
     stem = weights_stem(spec.name, variant, scale, task)
     saved = Path(args.run or f"runs/{stem}") / "last.pt"
@@ -349,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             log("converted a plain run without project_inp BatchNorm to the current graph "
                 "(queries renormalised; the optimiser starts afresh)")
             state["model"], state["optimizer"] = converted, None
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{ckpt} does not fit {stem} ({str(e).splitlines()[1].strip()[:160]})") from None
         if state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
