@@ -1,11 +1,14 @@
-"""tools/device/train.sh, the one prepared GPU run: every job's arguments, checkpoint and data
-must fit before a lent device's minutes are spent on it (DRY_RUN: one patch per job, on the CPU)."""
+"""tools/device: the one prepared GPU run. Every job's arguments, checkpoint and data must fit
+before a lent device's minutes are spent on it (DRY_RUN: one patch per job, on the CPU), and
+the kit packs photos the trainer can read."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from restore.io.images import write_image
 
@@ -40,3 +43,27 @@ def test_device_script_refuses_an_unknown_job(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown job lipt-x9" in done.stderr
     assert not (tmp_path / "out" / "lipt-x2.log").exists()  # nothing started
+
+
+def test_pack_writes_jpeg_copies_with_their_sources_and_pytest(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        write_image(src / f"photo{i}.png", smooth_image(40, 60, seed=i))
+    (src / "notes.txt").write_text("not a photo")
+    out = tmp_path / "kit"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "device" / "pack.py"), "--out", str(out),
+                           "--sources", str(src)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    jpegs = sorted((out / "photos").glob("*.jpg"))
+    assert [p.name for p in jpegs] == ["000-photo0.jpg", "001-photo1.jpg"]
+    import cv2
+
+    back = cv2.imread(str(jpegs[0]))[:, :, ::-1].astype(np.float32) / 255
+    assert back.shape == (40, 60, 3) and np.abs(back - smooth_image(40, 60, seed=0)).mean() < 0.01  # q97
+    lines = (out / "photos" / "SOURCES.txt").read_text().splitlines()
+    assert lines[1] == f"000-photo0.jpg\t{src / 'photo0.png'}"
+    assert (out / "pylib" / "pytest").exists()
+    missing = subprocess.run([sys.executable, str(ROOT / "tools" / "device" / "pack.py"), "--out", str(out),
+                              "--sources", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "missing photo sources" in missing.stderr

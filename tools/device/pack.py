@@ -41,9 +41,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "device_kit"), help="kit folder (default: device_kit/)")
     p.add_argument("--quality", type=int, default=97)
     p.add_argument("--max-side", type=int, default=2048)
+    p.add_argument("--sources", nargs="+", type=Path, default=SOURCES,
+                   help="photo folders or files (default: those of the shipped weights)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    missing = [str(s) for s in SOURCES if not s.exists()]
+    missing = [str(s) for s in args.sources if not s.exists()]
     if missing:
         print(f"error: missing photo sources (apt-get install mate-backgrounds opencv-doc?): {', '.join(missing)}",
               file=sys.stderr)
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         shutil.rmtree(photos_dir)
     photos_dir.mkdir(parents=True)
     lines = []
-    for i, path in enumerate(find_photos(SOURCES)):
+    for i, path in enumerate(find_photos(args.sources)):
         rgb = load_rgb8(path, args.max_side)
         if rgb is None:
             continue
