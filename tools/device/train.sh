@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device run (see tools/device/README.md): the CUDA tests, then the shipped restorers trained
 # further on the GPU, all at once, each for MINUTES of wall time, starting from the committed
-# checkpoints. Everything worth keeping lands in $OUT: logs, weights + manifests, slim checkpoints.
+# checkpoints, then `restore bench` on the GPU. Everything worth keeping lands in $OUT: logs,
+# weights + manifests, slim checkpoints, benchmark tables.
 #
 #   bash tools/device/train.sh [MINUTES] [JOB ...]     # jobs: lipt-x2 lipt-x4 iptv2-denoise iptv2-deblur carn-x4
 #
@@ -10,7 +11,7 @@
 # KIT=folder points at another kit (tests use a tiny one).
 set -u
 cd "$(dirname "$0")/../.."
-MINUTES=${1:-7}
+MINUTES=${1:-6}
 shift || true
 JOBS=${*:-lipt-x2 lipt-x4 iptv2-denoise iptv2-deblur carn-x4}
 OUT=${OUT:-/tmp/restore-device-out}
@@ -60,6 +61,12 @@ for ckpt in "$OUT"/runs/*/last.pt; do
   [ -f "$ckpt" ] || continue
   $PY -c "import sys; from restore.train.loop import write_slim_checkpoint as w; w(sys.argv[1], sys.argv[1])" "$ckpt"
 done
+# GPU speed (#3), now that the GPU is idle: the shipped LIPT-Tiny x2 and IPT-V2 denoise weights at
+# 640x360 on every backend the machine has (ORT and torch on its CPU, torch CUDA fp16).
+if [ "$DEVICE" = cuda ] && [ -z "${DRY_RUN:-}" ]; then
+  $PY -m restore.cli bench --model lipt --scale 2 --size 640x360 --runs 10 > "$OUT/bench-lipt.txt" 2>&1
+  $PY -m restore.cli bench --model iptv2 --task denoise --size 640x360 --runs 10 > "$OUT/bench-iptv2.txt" 2>&1
+fi
 for log in "$OUT"/*.log; do echo "== $log"; tail -n 3 "$log"; done
 ls -l "$OUT/weights" 2>/dev/null
 failed=0
