@@ -1,5 +1,5 @@
 """tools/device: the one prepared GPU run. Every job's arguments, checkpoint and data must fit
-before a lent device's minutes are spent on it (DRY_RUN: one patch per job, on the CPU), and
+before a lent device's minutes are spent on it (DRY_RUN: two patches forward and backward per job, on the CPU), and
 the kit packs photos the trainer can read."""
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="where to write the final weights (default: weights/)")
     p.add_argument("--no-export", action="store_true", help="do not write weights at the end")
     p.add_argument("--dry-run", action="store_true",
-                   help="load the photos, build and initialise the model, run one patch through it on the "
-                        "device and print the plan; train and write nothing")
+                   help="load the photos, build and initialise the model, run two patches forward and "
+                        "backward on the device and print the plan; train and write nothing")
     p.add_argument("--export-only", action="store_true",
                    help="with --resume: write weights from the checkpoint without training further")
     return p
@@ -434,12 +434,13 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         lr_batch, hr_batch = train.sample(rng, batch, patch)
-        with torch.no_grad():
-            out = model(lr_batch[:1].to(device))
+        out = model(lr_batch[:2].to(device))  # forward and backward on two patches: no optimiser step
         if out.shape[1:] != hr_batch.shape[1:]:
             log(f"error: the model makes {tuple(out.shape[1:])} from a patch, the target is {tuple(hr_batch.shape[1:])}")
             return 1
-        log(f"dry run: batches of {tuple(lr_batch.shape)} -> {tuple(hr_batch.shape)} fit; nothing trained or written")
+        loss_fn(out, hr_batch[:2].to(device)).backward()
+        log(f"dry run: batches of {tuple(lr_batch.shape)} -> {tuple(hr_batch.shape)} fit, the loss backpropagates; "
+            "nothing trained or written")
         return 0
     batches = Prefetcher(train.sample, rng, batch, patch, pin=device.type == "cuda") if step < steps else None
     t_start = t_mark = time.time()

@@ -7,7 +7,7 @@
 #   bash tools/device/train.sh [MINUTES] [JOB ...]     # jobs: lipt-x2 lipt-x4 iptv2-denoise iptv2-deblur carn-x4
 #
 # DEVICE=cpu runs the same plan on a CPU (the plumbing, with tiny MINUTES); DRY_RUN=1 only checks
-# that every job loads its photos and checkpoint and fits one patch (restore train --dry-run);
+# that every job loads its photos and checkpoint and backpropagates two patches (restore train --dry-run);
 # KIT=folder points at another kit (tests use a tiny one).
 set -u
 cd "$(dirname "$0")/../.."
