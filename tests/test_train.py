@@ -237,6 +237,10 @@ def test_timed_run_with_weight_average_exports_the_average(tmp_path):
     again = torch.load(run / "last.pt", weights_only=False)
     assert again["step"] > state["step"] and 2.4 <= again["timed_s"] < 4.5
     assert again["args"]["ema"] == 0.9 and again["ema"]["updates"] == again["step"]
+    # ... and --steps turns it into a step-counted run again (the old --minutes is not inherited).
+    assert train_main(["--model", "rtsr", "--scale", "2", "--run", str(run), "--resume", "--steps",
+                       str(again["step"] + 3), "--no-export", "--threads", "1"]) == 0
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == again["step"] + 3
 
 
 def test_l2_loss_is_the_mean_squared_error():

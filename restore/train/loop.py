@@ -293,7 +293,9 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         # A resumed run keeps its hyper-parameters unless they are given again explicitly, and its
         # --init for the manifest's record (the weights come from the checkpoint, not from --init).
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
-        for key in ("steps", "minutes", "batch", "patch", "lr", "data", "loss", "init", "ema"):
+        # The length of a run is its --steps or its --minutes: giving either replaces both.
+        length = () if args.steps is not None or args.minutes is not None else ("steps", "minutes")
+        for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
