@@ -512,7 +512,8 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
                 "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
                 "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
-                "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%",
+                "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%"
+                             + (f" over {args.minutes:g} minutes of wall time" if args.minutes else ""),
                 "graph": getattr(model, "plain_graph_label", "plain (folded) convs") if args.plain else "multi-branch (reparameterised after training)",
                 "init": args.init, "wall_time_min": round(elapsed / 60, 1),
                 "weight_average": args.ema,
