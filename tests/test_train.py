@@ -230,6 +230,13 @@ def test_timed_run_with_weight_average_exports_the_average(tmp_path):
     key = next(k for k in exported if k.endswith("weight"))
     assert torch.equal(exported[key], state["ema"]["model"][key])
     assert not torch.equal(exported[key], state["model"][key])
+    # --init from a run with an average starts from the average (what it exported).
+    from restore.models import rtsr
+    from restore.train.loop import load_matching
+
+    fresh = rtsr.build("c16", 2)
+    assert load_matching(fresh, str(run / "last.pt")) == len(state["ema"]["model"])
+    assert torch.equal(fresh.state_dict()[key], state["ema"]["model"][key])
     # Resumed, a timed run keeps its budget: a longer --minutes trains on for the difference only.
     assert 1.0 <= state["timed_s"] < 3.0
     assert train_main(["--model", "rtsr", "--scale", "2", "--run", str(run), "--resume", "--minutes", "0.04",

@@ -173,12 +173,14 @@ def write_slim_checkpoint(src: Path, dst: Path) -> Path:
 
 
 def load_matching(model: torch.nn.Module, source: str) -> int:
-    """Copy tensors whose name and shape match; returns how many were copied."""
+    """Copy tensors whose name and shape match (from a checkpoint's weight average when it has
+    one); returns how many were copied."""
     if source.endswith(".safetensors"):
         state = load_state(Path(source), verify=False)
     else:
         state = torch.load(source, map_location="cpu", weights_only=False)
-        state = state.get("model", state)
+        # A run with a weight average starts others from the average: that is what it exported.
+        state = state["ema"]["model"] if state.get("ema") else state.get("model", state)
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
