@@ -273,3 +273,24 @@ def test_resume_takes_the_restorer_from_the_run_and_refuses_a_conflict(tmp_path,
     assert err.count("\n") == 1 and "scale 4, not 2" in err
     assert train_main(["--model", "nope", "--data", str(photos)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown restorer 'nope'")
+
+
+def test_an_error_while_drawing_a_batch_reaches_the_training_loop():
+    """A crash in the batch thread must surface in the loop, not leave it waiting for ever."""
+    import pytest
+
+    from restore.train.loop import Prefetcher
+
+    calls = []
+
+    def sample(rng, batch, patch):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError("photo vanished")
+        return torch.zeros(batch, 3, patch, patch), torch.zeros(batch, 3, patch, patch)
+
+    batches = Prefetcher(sample, np.random.default_rng(0), 2, 4, depth=1)
+    assert batches.next()[0].shape == (2, 3, 4, 4) and batches.next()[0].shape == (2, 3, 4, 4)
+    with pytest.raises(OSError, match="photo vanished"):
+        batches.next()
+    batches.close()

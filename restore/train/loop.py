@@ -134,11 +134,15 @@ class Prefetcher:
         self._stop = threading.Event()
 
         def work():
-            while not self._stop.is_set():
-                item = sample(rng, batch, patch)
-                if pin:
-                    item = tuple(t.pin_memory() for t in item)
-                while not self._stop.is_set():
+            failed = False
+            while not failed and not self._stop.is_set():
+                try:
+                    item = sample(rng, batch, patch)
+                    if pin:
+                        item = tuple(t.pin_memory() for t in item)
+                except BaseException as e:  # noqa: BLE001 - handed to next(), which raises it
+                    item, failed = e, True
+                while not self._stop.is_set():  # close() ends the wait for a free slot
                     try:
                         self._queue.put(item, timeout=0.2)
                         break
@@ -149,7 +153,11 @@ class Prefetcher:
         self._thread.start()
 
     def next(self):
-        return self._queue.get()
+        """The next batch; an error raised while drawing it is raised here, in the training loop."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def close(self) -> None:
         self._stop.set()
@@ -335,6 +343,13 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
             log_file.write(line + "\n")
             log_file.flush()
 
+    ema = None  # the weight average, when --ema (made once the model is on its device)
+
+    def evaluated() -> torch.nn.Module:
+        """What validation and export see: the weight average when there is one."""
+        return ema.model if ema is not None else model
+
+    val_key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
     train_files = [p for p in photos if p not in held_out]
@@ -342,7 +357,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
     if task == "sr":
         train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log)
         val = SRPairs.from_folders(held_out, scale, 16, args.max_side, log=lambda m: None) if held_out else None
-        check = (lambda: validate(model, val, device)) if val is not None else None
+        check = (lambda: validate(evaluated(), val, device)) if val is not None else None
         train_images = train.hr
     else:
         # A network with a noise-level plane (in_channels 4) encodes σ with its own hint_value.
@@ -351,7 +366,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
                               seed=args.seed)
         fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
                  .fixed_set() if held_out else [])
-        check = (lambda: validate_same_size(model, fixed, device)) if fixed else None
+        check = (lambda: validate_same_size(evaluated(), fixed, device)) if fixed else None
         train_images = train.images
     if args.plain:
         # A model may keep what its optimisation needs (LIPT: the BatchNorm after project_inp).
@@ -406,10 +421,6 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
     width_rng = np.random.default_rng(args.seed + step + 1)
     torch.manual_seed(args.seed + step)
     width_draw = subnet_sampler(model, log)
-    averaged = ema.model if ema is not None else model  # what validation and export see
-    if check is not None and ema is not None:
-        check = (lambda: validate(averaged, val, device)) if task == "sr" else \
-            (lambda: validate_same_size(averaged, fixed, device))
 
     def save_checkpoint() -> None:
         atomic_torch_save({
@@ -479,8 +490,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
                 msg = f"step {step}/{steps} loss {loss_acc / n_acc:.4f} {rate:.2f} step/s ETA {(steps - step) / max(rate, 1e-9) / 60:.0f} min"
             if check is not None and (step % (args.log_every * 10) == 0 or step == steps):
                 score = check()
-                key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
-                history.append({"step": step, key: round(score, 3), "elapsed_s": round(elapsed)})
+                history.append({"step": step, val_key: round(score, 3), "elapsed_s": round(elapsed)})
                 msg += f" val {score:.2f} dB"
             log(msg)
             loss_acc, n_acc = 0.0, 0
@@ -490,7 +500,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         batches.close()
     if budget_s is not None and not stop["now"] and check is not None:
         score = check()  # the end of a timed run falls between validation steps
-        history.append({"step": step, ("val_psnr_y" if task == "sr" else "val_psnr_rgb"): round(score, 3),
+        history.append({"step": step, val_key: round(score, 3),
                         "elapsed_s": round(elapsed + time.time() - t_mark)})
         log(f"time is up at step {step}: val {score:.2f} dB")
     elapsed += time.time() - t_mark
@@ -502,8 +512,8 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         log(f"stopped at step {step}; continue with --resume")
         return 130
     if not args.no_export:
-        set_width(averaged, None)
-        deploy = copy.deepcopy(averaged).cpu().eval()
+        set_width(evaluated(), None)
+        deploy = copy.deepcopy(evaluated()).cpu().eval()
         deploy.reparameterize()
         manifest = {
             "restorer": spec.name, "variant": variant, "scale": scale, "task": task,
