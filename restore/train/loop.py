@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="patches per step")
     p.add_argument("--patch", type=int, help="LR patch size in pixels (multiple of the model's size multiple)")
     p.add_argument("--lr", type=float, help="peak learning rate (Adam; cosine decay to 1%%)")
-    p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default); l2 (MSE, for a short last "
-                                                      "phase that buys PSNR); or l1+fft, which adds an L1 term on "
+    p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default); l2 (MSE, meant for a short "
+                                                      "last phase: PSNR follows the MSE); or l1+fft, which adds an L1 term on "
                                                       "the image spectra (helps deblurring)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default: 200)")
     p.add_argument("--ema", type=float, default=None,

@@ -1,8 +1,8 @@
 """Training losses, by name (`restore train --loss`).
 
 - "l1": mean absolute error in pixels, the default for every restorer.
-- "l2": mean squared error, for a short last phase: PSNR is a function of the MSE, so an L1-trained
-  network gains a little PSNR from a few thousand steps of L2 at a low learning rate.
+- "l2": mean squared error, meant for a short last phase at a low learning rate: PSNR is a function
+  of the MSE, which L1 does not minimise (SR papers report small gains; not yet tried here).
 - "l1+fft": L1 plus 0.1 × the L1 distance between the 2-D spectra (real and imaginary parts
   of rfft2), as MIMO-UNet trains deblurring. A blurred image differs from a sharp one mostly in
   weak high frequencies, which pixel L1 barely sees; the spectral term weighs every frequency
