@@ -54,10 +54,11 @@ def _add_ensemble_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_route_args(p: argparse.ArgumentParser, save_map: bool = False) -> None:
     p.add_argument("--route", default="off", choices=["off", "quality", "balanced", "fast"],
-                   help="patch routing for restorers with subnets (fsrcnn, carn): each patch goes to bicubic or "
-                        "a narrower subnet when that costs little quality. quality: best predicted PSNR per "
-                        "patch; balanced: at most ~0.05 dB predicted loss, much faster; fast: real-time, about "
-                        "0.6 dB predicted loss (default: off = the full network everywhere)")
+                   help="patch routing for restorers with subnets (the 'routing tiers' of `restore models`): each "
+                        "patch goes to bicubic or a narrower subnet when that costs little quality. quality: "
+                        "best predicted PSNR per patch; balanced: at most ~0.05 dB predicted loss, faster the "
+                        "more flat areas a picture has; fast: real-time, about 0.6 dB predicted loss "
+                        "(default: off = the full network everywhere)")
     p.add_argument("--route-budget", type=float, default=None, metavar="MS",
                    help="route to fit a time budget per image/frame in milliseconds (costs measured by "
                         "`restore calibrate`); overrides --route")

@@ -133,7 +133,7 @@ def test_spectral_loss_is_a_distance_that_pulls_towards_the_target():
         raise AssertionError("an unknown loss name must be refused")
 
 
-def test_loss_choice_and_init_are_recorded_and_kept_on_resume(tmp_path):
+def test_loss_init_and_warmup_are_recorded_and_kept_on_resume(tmp_path):
     photos = make_photos(tmp_path / "photos")
     first, run, weights = tmp_path / "first", tmp_path / "run", tmp_path / "weights"
     common = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--patch", "16", "--batch", "2",
@@ -143,10 +143,13 @@ def test_loss_choice_and_init_are_recorded_and_kept_on_resume(tmp_path):
     init = str(first / "last.pt")
     assert train_main(common + ["--run", str(run), "--steps", "1", "--no-export", "--loss", "l1+fft",
                                 "--init", init]) == 0
-    assert train_main(common[:-2] + ["--run", str(run), "--resume", "--steps", "2"]) == 0
+    at = common.index("--warmup")
+    resume = common[:at] + common[at + 2:-2]  # no --warmup or --data: both come from the run
+    assert train_main(resume + ["--run", str(run), "--resume", "--steps", "2"]) == 0
     manifest = json.loads((weights / "lipt-tiny-x2-sr.json").read_text())
     assert "rfft2" in manifest["training"]["loss"]
     assert manifest["training"]["init"] == init
+    assert ", 1 warm-up steps," in manifest["training"]["optimizer"]
 
 
 def test_a_plain_run_from_before_the_projection_batchnorm_resumes_converted(tmp_path, capsys):

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=sorted(LOSSES), help="training loss: l1 (default); l2 (MSE, meant for a short "
                                                       "last phase: PSNR follows the MSE); or l1+fft, which adds an L1 term on "
                                                       "the image spectra (helps deblurring)")
-    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default: 200)")
+    p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: 200)")
     p.add_argument("--ema", type=float, default=None,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) "
                         "and validate and export it (default: off)")
@@ -305,13 +305,15 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
         # The length of a run is its --steps or its --minutes: giving either replaces both.
         length = () if args.steps is not None or args.minutes is not None else ("steps", "minutes")
-        for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema"):
+        for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema", "warmup"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
     batch = args.batch or d.get("batch", 8)
     patch = args.patch or d.get("patch", 64)
     peak_lr = args.lr or d.get("lr", 2e-4)
+    if args.warmup is None:
+        args.warmup = 200
     loss_fn, loss_label = get_loss(args.loss or d.get("loss", "l1"))
     if args.threads:
         torch.set_num_threads(args.threads)
