@@ -30,8 +30,12 @@ OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
 OPENCV_PHOTOS = ("aloeL.jpg building.jpg fruits.jpg graf1.png home.jpg leuvenA.jpg orange.jpg apple.jpg "
                  "starry_night.jpg squirrel_cls.jpg rubberwhale1.png basketball1.png aero1.jpg smarties.png "
                  "chicky_512.png messi5.jpg box_in_scene.png").split()
+# The photographic ones of plasma-workspace-wallpapers (the rest are drawings, renders or fog).
+WALLPAPERS = Path("/usr/share/wallpapers")
+WALLPAPER_PHOTOS = "BytheWater ColorfulCups EveningGlow FallenLeaf Grey OneStandsOut Path".split()
 SOURCES = [ROOT.parent / "shared" / "data" / "train" / "photos", Path("/usr/share/backgrounds/mate/nature"),
-           *(OPENCV_DOC / name for name in OPENCV_PHOTOS)]
+           *(OPENCV_DOC / name for name in OPENCV_PHOTOS),
+           *(WALLPAPERS / name / "contents" / "images" / "2560x1600.jpg" for name in WALLPAPER_PHOTOS)]
 PYLIB = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py.py")
 CARRY_LIMIT = 64 * 2 ** 20
 
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     missing = [str(s) for s in args.sources if not s.exists()]
     if missing:
-        print(f"error: missing photo sources (apt-get install mate-backgrounds opencv-doc?): {', '.join(missing)}",
+        print(f"error: missing photo sources (apt-get install mate-backgrounds opencv-doc plasma-workspace-wallpapers?): {', '.join(missing)}",
               file=sys.stderr)
         return 2
     photos_dir = out / "photos"
