@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("gradio")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -113,16 +113,24 @@ def test_upload_restore_and_see_the_result(app, browser, tmp_path):
 
 
 def test_webcam_tab_streams_restored_frames(app, browser):
-    wait = WebDriverWait(browser, 90)
+    # The webcam widget re-renders while it starts the camera: an element found a moment ago can
+    # be gone, so every find-and-click is retried until it lands.
+    wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
     css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
 
+    def click_last(found):
+        elements = found()
+        if not elements:
+            return False
+        elements[-1].click()
+        return True
+
     browser.get(app)
-    wait.until(lambda _: [t for t in css("button[role=tab]") if t.text.strip() == "Webcam"])
-    next(t for t in css("button[role=tab]") if t.text.strip() == "Webcam").click()
-    wait.until(lambda _: [e for e in css("#cam-input *") if e.text.strip() == "Click to Access Webcam"])
-    [e for e in css("#cam-input *") if e.text.strip() == "Click to Access Webcam"][-1].click()
-    wait.until(lambda _: [b for b in css("#cam-input button") if b.is_displayed() and b.text.strip() == "Record"])
-    next(b for b in css("#cam-input button") if b.is_displayed() and b.text.strip() == "Record").click()
+    wait.until(lambda _: click_last(lambda: [t for t in css("button[role=tab]") if t.text.strip() == "Webcam"]))
+    wait.until(lambda _: click_last(
+        lambda: [e for e in css("#cam-input *") if e.text.strip() == "Click to Access Webcam"]))
+    wait.until(lambda _: click_last(
+        lambda: [b for b in css("#cam-input button") if b.is_displayed() and b.text.strip() == "Record"]))
     try:
         wait.until(lambda _: css("#cam-output img") and "restored" in css("#cam-stats")[0].text)
     except TimeoutException:
