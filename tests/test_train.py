@@ -70,6 +70,16 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     assert torch.load(slim, weights_only=False)["step"] == 5
     assert "optimiser starts afresh" in capsys.readouterr().out
 
+    # A run with a weight average: the slim state keeps the average alone, as its model.
+    assert train_main(common + ["--run", str(tmp_path / "avg"), "--data", str(photos), "--steps", "3",
+                                "--ema", "0.9", "--no-export"]) == 0
+    full = torch.load(tmp_path / "avg" / "last.pt", weights_only=False)
+    slim = torch.load(write_slim_checkpoint(tmp_path / "avg" / "last.pt", tmp_path / "avg-slim" / "last.pt"),
+                      weights_only=False)
+    assert slim["ema"] is None and slim["optimizer"] is None
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["ema"]["model"].items())
+    assert any(not torch.equal(slim["model"][k], full["model"][k]) for k in full["model"])
+
 
 def test_plain_training_reduces_the_loss(tmp_path):
     """A few dozen steps of the folded graph on one photo must beat the starting loss."""

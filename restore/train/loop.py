@@ -172,9 +172,15 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def write_slim_checkpoint(src: Path, dst: Path) -> Path:
     """A copy of a run's checkpoint without the optimiser state (a third of the size), small enough
-    to commit; `--resume` from it continues the schedule with a fresh optimiser."""
+    to commit; `--resume` from it continues the schedule with a fresh optimiser.
+
+    A run with a weight average keeps only the average, as its model: that is what the run
+    exported and what `--init` would take, and it halves the file again. A resumed run with
+    `--ema` starts a new average from it."""
     state = torch.load(src, map_location="cpu", weights_only=False)
     state["optimizer"] = None
+    if state.get("ema"):
+        state["model"], state["ema"] = state["ema"]["model"], None
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, Path(dst))
     return Path(dst)
