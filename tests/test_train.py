@@ -79,6 +79,9 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     assert slim["ema"] is None and slim["optimizer"] is None
     assert all(torch.equal(slim["model"][k], v) for k, v in full["ema"]["model"].items())
     assert any(not torch.equal(slim["model"][k], full["model"][k]) for k in full["model"])
+    # ... and resumes: the run starts a new average from it.
+    assert train_main(common + ["--run", str(tmp_path / "avg-slim"), "--resume", "--steps", "4", "--no-export"]) == 0
+    assert torch.load(tmp_path / "avg-slim" / "last.pt", weights_only=False)["ema"] is not None
 
 
 def test_plain_training_reduces_the_loss(tmp_path):
