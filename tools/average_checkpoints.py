@@ -17,17 +17,13 @@ from pathlib import Path
 
 import torch
 
-from restore.train.loop import atomic_torch_save
-
-
-def weights_of(state: dict) -> dict:
-    return state["ema"]["model"] if state.get("ema") else state["model"]
+from restore.train.loop import atomic_torch_save, exported_weights
 
 
 def average(paths: list[Path]) -> dict:
     states = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     first = states[0]
-    tensors = [weights_of(s) for s in states]
+    tensors = [exported_weights(s) for s in states]
     keys = set(tensors[0])
     for path, t in zip(paths[1:], tensors[1:]):
         if set(t) != keys or any(t[k].shape != tensors[0][k].shape for k in keys):

@@ -178,12 +178,16 @@ def write_slim_checkpoint(src: Path, dst: Path) -> Path:
     exported and what `--init` would take, and it halves the file again. A resumed run with
     `--ema` starts a new average from it."""
     state = torch.load(src, map_location="cpu", weights_only=False)
-    state["optimizer"] = None
-    if state.get("ema"):
-        state["model"], state["ema"] = state["ema"]["model"], None
+    state["model"], state["ema"], state["optimizer"] = exported_weights(state), None, None
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, Path(dst))
     return Path(dst)
+
+
+def exported_weights(state: dict) -> dict:
+    """The weights a run's checkpoint stands for: its weight average when it has one (what the run
+    exported), else its model."""
+    return state["ema"]["model"] if state.get("ema") else state["model"]
 
 
 def load_matching(model: torch.nn.Module, source: str) -> int:
@@ -194,7 +198,7 @@ def load_matching(model: torch.nn.Module, source: str) -> int:
     else:
         state = torch.load(source, map_location="cpu", weights_only=False)
         # A run with a weight average starts others from the average: that is what it exported.
-        state = state["ema"]["model"] if state.get("ema") else state.get("model", state)
+        state = exported_weights(state) if "model" in state else state
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
