@@ -310,3 +310,46 @@ def test_an_error_while_drawing_a_batch_reaches_the_training_loop():
     with pytest.raises(OSError, match="photo vanished"):
         batches.next()
     batches.close()
+
+
+def test_photo_scales_add_shrunk_copies_drawn_as_often_as_the_full_size_photos(tmp_path):
+    from restore.train.data import photo_pyramid
+
+    big, small = np.full((80, 120, 3), 7, np.uint8), np.full((40, 60, 3), 9, np.uint8)
+    pool, weights = photo_pyramid([big, small], (1.0, 0.5), min_side=24)
+    # the 40 px photo halved (20 px) is under min_side and left out; the rest keep their aspect
+    assert [x.shape for x in pool] == [(80, 120, 3), (40, 60, 3), (40, 60, 3)]
+    assert pool[2].dtype == np.uint8 and int(pool[2][5, 5, 0]) == 7
+    # each scale's share equals the full-size share of the photos it holds
+    assert weights[2] == weights[0] and weights[1] == 40 * 60
+    try:
+        photo_pyramid([big], (1.0, 1.5))
+    except ValueError as e:
+        assert "(0, 1]" in str(e)
+    else:
+        raise AssertionError("a scale above 1 was accepted")
+
+    pairs = SRPairs.from_folders([make_photos(tmp_path / "photos", size=(72, 88))], scale=2, lr_patch=16,
+                                 log=lambda m: None, photo_scales=(1.0, 0.5))
+    assert pairs.photos == 3 and len(pairs.hr) == 6
+    assert [x.shape[:2] for x in pairs.hr[3:]] == [(36, 44)] * 3
+    counts = np.bincount(np.random.default_rng(0).choice(6, 6000, p=pairs.weights / pairs.weights.sum()), minlength=6)
+    assert abs(counts[:3].sum() - counts[3:].sum()) < 400  # half the patches from each scale
+    lr, hr = pairs.sample(np.random.default_rng(1), batch=8, lr_patch=16)
+    assert lr.shape == (8, 3, 16, 16) and hr.shape == (8, 3, 32, 32)
+
+
+def test_photo_scales_are_recorded_and_kept_on_resume(tmp_path):
+    photos = make_photos(tmp_path / "photos", size=(112, 120))
+    run, weights = tmp_path / "run", tmp_path / "weights"
+    common = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--patch", "16", "--batch", "2",
+              "--weights-dir", str(weights), "--threads", "1", "--val-count", "0", "--warmup", "1",
+              "--ckpt-every", "1", "--run", str(run)]
+    assert train_main(common + ["--data", str(photos), "--steps", "1", "--no-export",
+                                "--photo-scales", "1", "0.5"]) == 0
+    assert train_main(common + ["--resume", "--steps", "2"]) == 0
+    training = json.loads((weights / "lipt-tiny-x2-sr.json").read_text())["training"]
+    assert training["photo_scales"] == [1.0, 0.5] and training["images"] == 3
+    assert training["megapixels"] == round(3 * (112 * 120 + 56 * 60) / 1e6, 1)
+    assert train_main(common + ["--data", str(photos), "--steps", "1", "--photo-scales", "2",
+                                "--run", str(tmp_path / "bad")]) == 2

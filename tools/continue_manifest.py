@@ -38,9 +38,10 @@ def merged(old: dict, new: dict, note: str, loss_suffix: str | None) -> dict:
     a, b = ot["steps"], ot["steps"] + nt["steps"]
     out = json.loads(json.dumps(old))
     t = out["training"]
-    for key in ("data", "data_sources", "images", "megapixels", "batch", "lr_patch", "hardware", "torch",
-                "weight_average"):
-        t[key] = nt.get(key, t.get(key))
+    for key in ("data", "data_sources", "images", "photo_scales", "megapixels", "batch", "lr_patch", "hardware",
+                "torch", "weight_average"):
+        if key in nt or key in t:  # a key neither run knew of stays absent
+            t[key] = nt.get(key, t.get(key))
     t["steps"] = b
     t["wall_time_min"] = round(ot["wall_time_min"] + nt["wall_time_min"], 1)
     t["optimizer"] = f"{ot['optimizer']}; then steps {a}-{b}: {nt['optimizer']}"

@@ -44,6 +44,29 @@ def load_rgb8(path: Path, max_side: int) -> np.ndarray | None:
     return np.ascontiguousarray(img)
 
 
+def photo_pyramid(images: list[np.ndarray], scales=(1.0,), min_side: int = 0
+                  ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every photo at every scale in `scales` (MATLAB bicubic with antialiasing), with sampling
+    weights that give each scale the same share of patches as the full-size photos.
+
+    Why: camera photos at full size are soft at the pixel level (optics, demosaicing, JPEG);
+    benchmark images such as CBSD68 and Set14 are small and dense with detail. Shrunk copies
+    bring training crops closer to them, and shrinking also averages away the photos' own noise,
+    which a denoiser would otherwise learn to keep. A copy below `min_side` is left out.
+    """
+    out, weights = [], []
+    for s in scales:
+        if not 0 < s <= 1:
+            raise ValueError(f"photo scales must be in (0, 1], got {s:g}")
+        for img in images:
+            copy = img if s == 1 else np.clip(np.round(imresize(img, s)), 0, 255).astype(np.uint8)
+            if min(copy.shape[:2]) < min_side:
+                continue
+            out.append(copy)
+            weights.append(copy.shape[0] * copy.shape[1] / (s * s))  # area-weighted within a scale
+    return out, np.asarray(weights, dtype=np.float64)
+
+
 @dataclass
 class SRPairs:
     """HR photos and their bicubic LR versions, sampled as aligned random crops."""
@@ -51,31 +74,35 @@ class SRPairs:
     hr: list[np.ndarray]
     lr: list[np.ndarray]
     scale: int
+    weights: np.ndarray | None = None  # sampling weight per image (default: its area)
+    photos: int = 0  # distinct photos behind hr (hr holds each once per photo scale)
 
     @classmethod
-    def from_folders(cls, folders, scale: int, lr_patch: int, max_side: int = 2048, log=print) -> "SRPairs":
-        hr_list, lr_list, skipped = [], [], 0
+    def from_folders(cls, folders, scale: int, lr_patch: int, max_side: int = 2048, log=print,
+                     photo_scales=(1.0,)) -> "SRPairs":
+        photos, skipped = [], 0
         for path in find_photos(folders):
             img = load_rgb8(path, max_side)
             if img is None or min(img.shape[:2]) < lr_patch * scale:
                 skipped += 1
                 continue
-            h, w = (img.shape[0] // scale) * scale, (img.shape[1] // scale) * scale
-            img = img[:h, :w]
-            hr_list.append(img)
-            lr_list.append(imresize(img, 1.0 / scale))
+            photos.append(img)
+        hr_list, weights = photo_pyramid(photos, photo_scales, lr_patch * scale)
         if not hr_list:
             raise ValueError("no usable training images found (need photos at least "
                              f"{lr_patch * scale}px on the short side)")
-        log(f"training set: {len(hr_list)} images ({skipped} skipped), "
-            f"{sum(x.shape[0] * x.shape[1] for x in hr_list) / 1e6:.1f} MP")
-        return cls(hr_list, lr_list, scale)
+        hr_list = [img[:(img.shape[0] // scale) * scale, :(img.shape[1] // scale) * scale] for img in hr_list]
+        lr_list = [imresize(img, 1.0 / scale) for img in hr_list]
+        log(f"training set: {len(photos)} images ({skipped} skipped), "
+            f"{sum(x.shape[0] * x.shape[1] for x in hr_list) / 1e6:.1f} MP{_scales_note(photo_scales)}")
+        return cls(hr_list, lr_list, scale, weights, len(photos))
 
     def sample(self, rng: np.random.Generator, batch: int, lr_patch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of (LR, HR) float tensors in [0, 1], NCHW."""
         s, lrs, hrs = self.scale, [], []
         # Weight images by area so every pixel is equally likely.
-        areas = np.array([x.shape[0] * x.shape[1] for x in self.lr], dtype=np.float64)
+        areas = (self.weights if self.weights is not None else
+                 np.array([x.shape[0] * x.shape[1] for x in self.lr], dtype=np.float64))
         picks = rng.choice(len(self.lr), size=batch, p=areas / areas.sum())
         for i in picks:
             lr_img, hr_img = self.lr[i], self.hr[i]
@@ -102,6 +129,10 @@ def augment(rng: np.random.Generator, *images: np.ndarray) -> list[np.ndarray]:
             img = img.transpose(1, 0, 2)
         out.append(np.ascontiguousarray(img))
     return out
+
+
+def _scales_note(scales) -> str:
+    return "" if tuple(scales) == (1.0,) else f" (each at scales {', '.join(f'{s:g}' for s in scales)})"
 
 
 def load_photos(folders, min_side: int, max_side: int = 2048, log=print) -> list[np.ndarray]:
@@ -131,7 +162,8 @@ class SameSizePairs:
     """
 
     def __init__(self, images: list[np.ndarray], task: str, hint=None, hint_prob: float = 0.3,
-                 sigma_max: float = 55.0, seed: int = 0, kernel_bank: int = 1024):
+                 sigma_max: float = 55.0, seed: int = 0, kernel_bank: int = 1024,
+                 weights: np.ndarray | None = None):
         from restore import degrade
 
         if task not in ("denoise", "deblur"):
@@ -142,7 +174,9 @@ class SameSizePairs:
             bank_rng = np.random.default_rng(10_000 + seed)  # never the benchmark's seed
             self.kernels = [degrade.random_motion_kernel(bank_rng) for _ in range(kernel_bank)]
         self.margin = max((k.shape[0] for k in self.kernels), default=1) // 2
-        self._areas = np.array([x.shape[0] * x.shape[1] for x in images], dtype=np.float64)
+        # Sampling weight per image: its area (every pixel equally likely) unless given.
+        self._areas = (np.asarray(weights, dtype=np.float64) if weights is not None else
+                       np.array([x.shape[0] * x.shape[1] for x in images], dtype=np.float64))
 
     def _crops(self, rng: np.random.Generator, batch: int, size: int) -> list[np.ndarray]:
         picks = rng.choice(len(self.images), size=batch, p=self._areas / self._areas.sum())

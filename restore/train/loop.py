@@ -27,7 +27,7 @@ from restore.metrics import psnr
 from restore.models.blocks.slimmable import count_macs, set_width
 from restore.weights import save_weights, weights_stem, load_state
 
-from .data import SameSizePairs, SRPairs, find_photos, load_photos
+from .data import SameSizePairs, SRPairs, find_photos, load_photos, photo_pyramid
 from .losses import LOSSES, get_loss
 
 
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the folded (inference) graph directly instead of the multi-branch training "
                         "graph: ~4x faster per step on CPU, at some cost in final quality")
     p.add_argument("--max-side", type=int, default=2048, help="shrink photos whose long side exceeds this")
+    p.add_argument("--photo-scales", type=float, nargs="+", default=None, metavar="S",
+                   help="also train on every photo shrunk by these factors, each scale drawn as often as "
+                        "the full-size photos, e.g. 1 0.5 (default: 1). Shrunk photos are denser in "
+                        "detail and cleaner, like the small benchmark images")
     p.add_argument("--val-count", type=int, default=2, help="photos held out for validation (default: 2)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default: 250)")
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines (default: 50)")
@@ -315,7 +319,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
         # The length of a run is its --steps or its --minutes: giving either replaces both.
         length = () if args.steps is not None or args.minutes is not None else ("steps", "minutes")
-        for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema", "warmup"):
+        for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema", "warmup", "photo_scales"):
             if getattr(args, key) is None:
                 setattr(args, key, before.get(key))
     steps = args.steps or d.get("steps", 20000)
@@ -362,24 +366,29 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         return ema.model if ema is not None else model
 
     val_key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
+    photo_scales = tuple(args.photo_scales or (1.0,))
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
     train_files = [p for p in photos if p not in held_out]
     model = spec.build(variant, scale)
     if task == "sr":
-        train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log)
+        train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log, photo_scales=photo_scales)
         val = SRPairs.from_folders(held_out, scale, 16, args.max_side, log=lambda m: None) if held_out else None
         check = (lambda: validate(evaluated(), val, device)) if val is not None else None
-        train_images = train.hr
+        train_images, n_photos = train.hr, train.photos
     else:
         # A network with a noise-level plane (in_channels 4) encodes σ with its own hint_value.
         hint = model.hint_value if getattr(model, "in_channels", 3) == 4 else None
-        train = SameSizePairs(load_photos(train_files, patch + 2 * 16, args.max_side, log=log), task, hint,
-                              seed=args.seed)
+        photo_list = load_photos(train_files, patch + 2 * 16, args.max_side, log=log)
+        pool, weights = photo_pyramid(photo_list, photo_scales, patch + 2 * 16)
+        if photo_scales != (1.0,):
+            log(f"photo scales {', '.join(f'{s:g}' for s in photo_scales)}: {len(pool)} images, "
+                f"{sum(x.shape[0] * x.shape[1] for x in pool) / 1e6:.1f} MP")
+        train = SameSizePairs(pool, task, hint, seed=args.seed, weights=weights)
         fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
                  .fixed_set() if held_out else [])
         check = (lambda: validate_same_size(evaluated(), fixed, device)) if fixed else None
-        train_images = train.images
+        train_images, n_photos = train.images, len(photo_list)
     if args.plain:
         # A model may keep what its optimisation needs (LIPT: the BatchNorm after project_inp).
         getattr(model, "plain_training_graph", model.reparameterize)()
@@ -532,7 +541,8 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
             "config": getattr(getattr(deploy, "config", None), "to_dict", dict)(),
             "training": {
                 "data": [str(x) for x in args.data], "data_sources": packed_sources(args.data),
-                "images": len(train_images),
+                "images": n_photos, "photo_scales": list(photo_scales),
+                # Of every photo at every scale: the pool the patches were cut from.
                 "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
                 "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
