@@ -367,6 +367,9 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
 
     val_key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
     photo_scales = tuple(args.photo_scales or (1.0,))
+    if not all(0 < s <= 1 for s in photo_scales):  # before minutes of photo loading, not after
+        print("error: --photo-scales must be in (0, 1], e.g. 1 0.5", file=sys.stderr)
+        return 2
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
     train_files = [p for p in photos if p not in held_out]
