@@ -44,7 +44,15 @@ def load_rgb8(path: Path, max_side: int) -> np.ndarray | None:
     return np.ascontiguousarray(img)
 
 
-def photo_pyramid(images: list[np.ndarray], scales=(1.0,), min_side: int = 0
+def check_photo_scales(scales) -> tuple[float, ...]:
+    """The scales as a tuple; ValueError unless each is in (0, 1]."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or not all(0 < s <= 1 for s in scales):
+        raise ValueError(f"photo scales must be in (0, 1], e.g. 1 0.5; got {' '.join(f'{s:g}' for s in scales)}")
+    return scales
+
+
+def photo_pyramid(images: list[np.ndarray], scales=(1.0,), min_side: int = 0, log=None
                   ) -> tuple[list[np.ndarray], np.ndarray]:
     """Every photo at every scale in `scales` (MATLAB bicubic with antialiasing), with sampling
     weights that give each scale the same share of patches as the full-size photos.
@@ -54,16 +62,18 @@ def photo_pyramid(images: list[np.ndarray], scales=(1.0,), min_side: int = 0
     bring training crops closer to them, and shrinking also averages away the photos' own noise,
     which a denoiser would otherwise learn to keep. A copy below `min_side` is left out.
     """
+    scales = check_photo_scales(scales)
     out, weights = [], []
     for s in scales:
-        if not 0 < s <= 1:
-            raise ValueError(f"photo scales must be in (0, 1], got {s:g}")
         for img in images:
             copy = img if s == 1 else np.clip(np.round(imresize(img, s)), 0, 255).astype(np.uint8)
             if min(copy.shape[:2]) < min_side:
                 continue
             out.append(copy)
             weights.append(copy.shape[0] * copy.shape[1] / (s * s))  # area-weighted within a scale
+    if log is not None and scales != (1.0,):
+        log(f"photo scales {', '.join(f'{s:g}' for s in scales)}: {len(out)} images, "
+            f"{sum(x.shape[0] * x.shape[1] for x in out) / 1e6:.1f} MP")
     return out, np.asarray(weights, dtype=np.float64)
 
 
@@ -87,14 +97,14 @@ class SRPairs:
                 skipped += 1
                 continue
             photos.append(img)
-        hr_list, weights = photo_pyramid(photos, photo_scales, lr_patch * scale)
-        if not hr_list:
+        if not photos:
             raise ValueError("no usable training images found (need photos at least "
                              f"{lr_patch * scale}px on the short side)")
+        log(f"training set: {len(photos)} images ({skipped} skipped), "
+            f"{sum(x.shape[0] * x.shape[1] for x in photos) / 1e6:.1f} MP")
+        hr_list, weights = photo_pyramid(photos, photo_scales, lr_patch * scale, log=log)
         hr_list = [img[:(img.shape[0] // scale) * scale, :(img.shape[1] // scale) * scale] for img in hr_list]
         lr_list = [imresize(img, 1.0 / scale) for img in hr_list]
-        log(f"training set: {len(photos)} images ({skipped} skipped), "
-            f"{sum(x.shape[0] * x.shape[1] for x in hr_list) / 1e6:.1f} MP{_scales_note(photo_scales)}")
         return cls(hr_list, lr_list, scale, weights, len(photos))
 
     def sample(self, rng: np.random.Generator, batch: int, lr_patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +139,6 @@ def augment(rng: np.random.Generator, *images: np.ndarray) -> list[np.ndarray]:
             img = img.transpose(1, 0, 2)
         out.append(np.ascontiguousarray(img))
     return out
-
-
-def _scales_note(scales) -> str:
-    return "" if tuple(scales) == (1.0,) else f" (each at scales {', '.join(f'{s:g}' for s in scales)})"
 
 
 def load_photos(folders, min_side: int, max_side: int = 2048, log=print) -> list[np.ndarray]:

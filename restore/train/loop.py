@@ -27,7 +27,7 @@ from restore.metrics import psnr
 from restore.models.blocks.slimmable import count_macs, set_width
 from restore.weights import save_weights, weights_stem, load_state
 
-from .data import SameSizePairs, SRPairs, find_photos, load_photos, photo_pyramid
+from .data import SameSizePairs, SRPairs, check_photo_scales, find_photos, load_photos, photo_pyramid
 from .losses import LOSSES, get_loss
 
 
@@ -366,10 +366,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         return ema.model if ema is not None else model
 
     val_key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
-    photo_scales = tuple(args.photo_scales or (1.0,))
-    if not all(0 < s <= 1 for s in photo_scales):  # before minutes of photo loading, not after
-        print("error: --photo-scales must be in (0, 1], e.g. 1 0.5", file=sys.stderr)
-        return 2
+    photo_scales = check_photo_scales(args.photo_scales or (1.0,))  # before minutes of photo loading
     photos = find_photos(args.data)
     held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
     train_files = [p for p in photos if p not in held_out]
@@ -383,10 +380,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         # A network with a noise-level plane (in_channels 4) encodes σ with its own hint_value.
         hint = model.hint_value if getattr(model, "in_channels", 3) == 4 else None
         photo_list = load_photos(train_files, patch + 2 * 16, args.max_side, log=log)
-        pool, weights = photo_pyramid(photo_list, photo_scales, patch + 2 * 16)
-        if photo_scales != (1.0,):
-            log(f"photo scales {', '.join(f'{s:g}' for s in photo_scales)}: {len(pool)} images, "
-                f"{sum(x.shape[0] * x.shape[1] for x in pool) / 1e6:.1f} MP")
+        pool, weights = photo_pyramid(photo_list, photo_scales, patch + 2 * 16, log=log)
         train = SameSizePairs(pool, task, hint, seed=args.seed, weights=weights)
         fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
                  .fixed_set() if held_out else [])
