@@ -353,3 +353,26 @@ def test_photo_scales_are_recorded_and_kept_on_resume(tmp_path):
     assert training["megapixels"] == round(3 * (112 * 120 + 56 * 60) / 1e6, 1)
     assert train_main(common + ["--data", str(photos), "--steps", "1", "--photo-scales", "2",
                                 "--run", str(tmp_path / "bad")]) == 2
+
+
+def test_export_only_from_a_checkpoint_needs_no_photos(tmp_path, capsys):
+    """`--resume --export-only` takes the data's summary from the checkpoint: it exports even when
+    the photos are gone, and the manifest says what the run was trained on."""
+    photos = make_photos(tmp_path / "photos", size=(112, 120))
+    run, weights = tmp_path / "run", tmp_path / "weights"
+    common = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--patch", "16", "--batch", "2",
+              "--weights-dir", str(weights), "--threads", "1", "--val-count", "0", "--warmup", "1",
+              "--run", str(run)]
+    assert train_main(common + ["--data", str(photos), "--steps", "2", "--photo-scales", "1", "0.5"]) == 0
+    trained = json.loads((weights / "lipt-tiny-x2-sr.json").read_text())
+    for p in photos.iterdir():
+        p.unlink()
+    (weights / "lipt-tiny-x2-sr.json").unlink()
+    (weights / "lipt-tiny-x2-sr.safetensors").unlink()
+    capsys.readouterr()
+    assert train_main(common + ["--resume", "--export-only"]) == 0
+    assert "no photos loaded" in capsys.readouterr().out
+    exported = json.loads((weights / "lipt-tiny-x2-sr.json").read_text())
+    for key in ("images", "megapixels", "photo_scales", "steps"):
+        assert exported["training"][key] == trained["training"][key], key
+    assert exported["sha256"] == trained["sha256"]  # the same weights as the run's own export

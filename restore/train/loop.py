@@ -188,6 +188,19 @@ def write_slim_checkpoint(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
+def split_photos(folders, val_count: int) -> tuple[list[Path], list[Path]]:
+    """The training photos and the held-out validation photos (spread evenly over the sorted list)."""
+    photos = find_photos(folders)
+    held_out = photos[:: max(1, len(photos) // max(1, val_count))][:val_count] if val_count else []
+    return [p for p in photos if p not in held_out], held_out
+
+
+def data_summary_of(pool: list[np.ndarray], n_photos: int) -> dict:
+    """The manifest's account of the training data: distinct photos, and megapixels of every photo
+    at every scale (the pool the patches were cut from)."""
+    return {"images": n_photos, "megapixels": round(sum(x.shape[0] * x.shape[1] for x in pool) / 1e6, 1)}
+
+
 def exported_weights(state: dict) -> dict:
     """The weights a run's checkpoint stands for: its weight average when it has one (what the run
     exported), else its model."""
@@ -313,10 +326,11 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
     d = spec.train_defaults
     stem = weights_stem(spec.name, variant, scale, task)
     saved = Path(args.run or f"runs/{stem}") / "last.pt"
-    if args.resume and saved.exists():
+    resumed = torch.load(saved, map_location="cpu", weights_only=False) if args.resume and saved.exists() else None
+    if resumed is not None:
         # A resumed run keeps its hyper-parameters unless they are given again explicitly, and its
         # --init for the manifest's record (the weights come from the checkpoint, not from --init).
-        before = torch.load(saved, map_location="cpu", weights_only=False)["args"]
+        before = resumed["args"]
         # The length of a run is its --steps or its --minutes: giving either replaces both.
         length = () if args.steps is not None or args.minutes is not None else ("steps", "minutes")
         for key in (*length, "batch", "patch", "lr", "data", "loss", "init", "ema", "warmup", "photo_scales"):
@@ -367,25 +381,31 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
 
     val_key = "val_psnr_y" if task == "sr" else "val_psnr_rgb"
     photo_scales = check_photo_scales(args.photo_scales or (1.0,))  # before minutes of photo loading
-    photos = find_photos(args.data)
-    held_out = photos[:: max(1, len(photos) // max(1, args.val_count))][: args.val_count] if args.val_count else []
-    train_files = [p for p in photos if p not in held_out]
     model = spec.build(variant, scale)
-    if task == "sr":
+    # What the manifest says of the training data. An export from a checkpoint that recorded it
+    # needs no photos: loading and degrading them all takes minutes.
+    data_summary = (resumed.get("data_summary") if args.export_only and not args.dry_run and resumed is not None
+                    else None)
+    if data_summary is not None:
+        train = check = None
+        log("export only: the training data's summary comes from the checkpoint, no photos loaded")
+    elif task == "sr":
+        train_files, held_out = split_photos(args.data, args.val_count)
         train = SRPairs.from_folders(train_files, scale, patch, args.max_side, log=log, photo_scales=photo_scales)
         val = SRPairs.from_folders(held_out, scale, 16, args.max_side, log=lambda m: None) if held_out else None
         check = (lambda: validate(evaluated(), val, device)) if val is not None else None
-        train_images, n_photos = train.hr, train.photos
+        data_summary = data_summary_of(train.hr, train.photos)
     else:
         # A network with a noise-level plane (in_channels 4) encodes σ with its own hint_value.
         hint = model.hint_value if getattr(model, "in_channels", 3) == 4 else None
+        train_files, held_out = split_photos(args.data, args.val_count)
         photo_list = load_photos(train_files, patch + 2 * 16, args.max_side, log=log)
         pool, weights = photo_pyramid(photo_list, photo_scales, patch + 2 * 16, log=log)
         train = SameSizePairs(pool, task, hint, seed=args.seed, weights=weights)
         fixed = (SameSizePairs(load_photos(held_out, 64, args.max_side, log=lambda m: None), task, hint)
                  .fixed_set() if held_out else [])
         check = (lambda: validate_same_size(evaluated(), fixed, device)) if fixed else None
-        train_images, n_photos = train.images, len(photo_list)
+        data_summary = data_summary_of(train.images, len(photo_list))
     if args.plain:
         # A model may keep what its optimisation needs (LIPT: the BatchNorm after project_inp).
         getattr(model, "plain_training_graph", model.reparameterize)()
@@ -400,13 +420,14 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
         if not ckpt.exists():
             log(f"error: --resume given but {ckpt} does not exist")
             return 2
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = resumed
         if state["plain"] != args.plain:
             log("error: --plain must match the run being resumed")
             return 2
         adopt = getattr(model, "adopt_folded_projections", None) if args.plain else None
+        # (An export-only run without photos has only checkpoints written since the conversion.)
         converted = adopt(state["model"], train.sample(np.random.default_rng(args.seed), batch, patch)[0].to(device)) \
-            if adopt is not None else None
+            if adopt is not None and train is not None else None
         if converted is not None:
             log("converted a plain run without project_inp BatchNorm to the current graph "
                 "(queries renormalised; the optimiser starts afresh)")
@@ -446,7 +467,7 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
             "ema": ema.state_dict() if ema is not None else None,
             "timed_s": timed_s + (time.time() - t_start if budget_s is not None else 0.0),
             "history": history, "plain": args.plain, "restorer": spec.name, "variant": variant, "scale": scale,
-            "task": task,
+            "task": task, "data_summary": data_summary,
             "args": vars(args)}, ckpt)
 
     stop = {"now": False}
@@ -538,9 +559,8 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
             "config": getattr(getattr(deploy, "config", None), "to_dict", dict)(),
             "training": {
                 "data": [str(x) for x in args.data], "data_sources": packed_sources(args.data),
-                "images": n_photos, "photo_scales": list(photo_scales),
-                # Of every photo at every scale: the pool the patches were cut from.
-                "megapixels": round(sum(x.shape[0] * x.shape[1] for x in train_images) / 1e6, 1),
+                "images": data_summary["images"], "photo_scales": list(photo_scales),
+                "megapixels": data_summary["megapixels"],
                 "degradation": DEGRADATIONS[task],
                 "steps": step, "batch": batch, "lr_patch": patch, "loss": loss_label,
                 "optimizer": f"Adam(betas=0.9,0.99) peak lr {peak_lr:g}, {args.warmup} warm-up steps, cosine to 1%"
