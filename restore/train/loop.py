@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the photos, build and initialise the model, run two patches forward and "
                         "backward on the device and print the plan; train and write nothing")
     p.add_argument("--export-only", action="store_true",
-                   help="with --resume: write weights from the checkpoint without training further")
+                   help="with --resume: write weights from the checkpoint without training further "
+                        "(no photos are loaded when the checkpoint records the data's summary)")
     return p
 
 

@@ -37,8 +37,8 @@ common=(--device "$DEVICE" --minutes "$MINUTES" --ema 0.999 --data "$KIT/photos"
         --ckpt-every 500 --log-every 100 --threads 3 --warmup 100 ${DRY_RUN:+--dry-run})
 args_of() {
   case $1 in
-    lipt-x2) echo --model lipt --scale 2 --plain --init checkpoints/lipt-tiny-x2-sr/last.pt --batch 32 --patch 64 --lr 3e-4 ;;
-    lipt-x4) echo --model lipt --scale 4 --plain --init checkpoints/lipt-tiny-x4-sr/last.pt --batch 32 --patch 48 --lr 3e-4 ;;
+    lipt-x2) echo --model lipt --scale 2 --plain --init checkpoints/lipt-tiny-x2-sr/last.pt --batch 32 --patch 64 --lr 3e-4 --photo-scales 1 0.5 ;;
+    lipt-x4) echo --model lipt --scale 4 --plain --init checkpoints/lipt-tiny-x4-sr/last.pt --batch 32 --patch 48 --lr 3e-4 --photo-scales 1 0.5 ;;
     iptv2-denoise) echo --model iptv2 --task denoise --init checkpoints/iptv2-tiny-x1-denoise/last.pt --batch 16 --patch 128 --lr 3e-4 --photo-scales 1 0.5 ;;
     iptv2-deblur) echo --model iptv2 --task deblur --loss l1+fft --init checkpoints/iptv2-tiny-x1-deblur/last.pt --batch 16 --patch 128 --lr 3e-4 --photo-scales 1 0.5 ;;
     carn-x4) echo --model carn --scale 4 --init checkpoints/carn-arm-x4-sr/last.pt --batch 32 --patch 32 --lr 5e-4 ;;
