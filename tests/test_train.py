@@ -376,3 +376,11 @@ def test_export_only_from_a_checkpoint_needs_no_photos(tmp_path, capsys):
     for key in ("images", "megapixels", "photo_scales", "steps"):
         assert exported["training"][key] == trained["training"][key], key
     assert exported["sha256"] == trained["sha256"]  # the same weights as the run's own export
+
+
+def test_resume_without_a_checkpoint_is_refused_before_any_photo_is_loaded(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert train_main(["--model", "lipt", "--scale", "2", "--run", str(tmp_path / "run"), "--resume",
+                       "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume given but" in err and "does not exist" in err

@@ -327,7 +327,10 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
     d = spec.train_defaults
     stem = weights_stem(spec.name, variant, scale, task)
     saved = Path(args.run or f"runs/{stem}") / "last.pt"
-    resumed = torch.load(saved, map_location="cpu", weights_only=False) if args.resume and saved.exists() else None
+    if args.resume and not saved.exists():  # said before minutes of photo loading, not after
+        print(f"error: --resume given but {saved} does not exist", file=sys.stderr)
+        return 2
+    resumed = torch.load(saved, map_location="cpu", weights_only=False) if args.resume else None
     if resumed is not None:
         # A resumed run keeps its hyper-parameters unless they are given again explicitly, and its
         # --init for the manifest's record (the weights come from the checkpoint, not from --init).
@@ -418,9 +421,6 @@ def _train(args, spec, variant: str, scale: int, task: str) -> int:
     ema = WeightAverage(model, args.ema) if args.ema else None
     ckpt = run / "last.pt"
     if args.resume:
-        if not ckpt.exists():
-            log(f"error: --resume given but {ckpt} does not exist")
-            return 2
         state = resumed
         if state["plain"] != args.plain:
             log("error: --plain must match the run being resumed")
